@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` runs the main job end to end on embedded defaults,
+# `make test` runs the whole test suite. Both create .venv and install what they need on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# constraints.txt pins torch to the local CPU build; an unpinned torch pulls several GB of CUDA wheels
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) jobs/demo.py --out demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) jobs/benchmark.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

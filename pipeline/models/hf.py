@@ -1,0 +1,93 @@
+"""Native transformers image-text-to-text models (LLaVA, Idefics3/SmolVLM, LLaVA-OneVision, ...) as level scorers.
+
+A prompt goes through the model's own processor and chat template; frames of a video are passed as that many images
+in the one user turn. The CPU side (`prepare`) turns one item into numpy arrays; the model side (`collate`,
+`last_hidden`) right-pads a batch, masks the padding and reads each row's hidden state at its last real token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+
+
+def load_processor(path: str, revision: str | None = None, trust_remote_code: bool = False) -> ProcessorMixin:
+    processor = AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    processor.tokenizer.padding_side = "right"  # we read each row at its own last real token
+    return processor
+
+
+def tokenizer_of(processor: ProcessorMixin):
+    return processor.tokenizer
+
+
+def render_prompt(processor: ProcessorMixin, question: str, answer_prefix: str, n_images: int) -> str:
+    """The chat template up to the assistant turn, then the start of the answer whose next word is the level."""
+    content = [{"type": "text", "text": question}] + [{"type": "image"}] * n_images
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    return text + answer_prefix if text[-1:].isspace() else f"{text} {answer_prefix}"
+
+
+def prepare(processor: ProcessorMixin, frames: list[np.ndarray], question: str, answer_prefix: str) -> dict:
+    """One item's model inputs as numpy arrays, batch dimension dropped from the text keys."""
+    text = render_prompt(processor, question, answer_prefix, len(frames))
+    out = processor(text=[text], images=[list(frames)], return_tensors="np")
+    return {k: (v[0] if k in TEXT_KEYS else v) for k, v in out.items()}
+
+
+def image_major_keys(processor: ProcessorMixin, question: str, answer_prefix: str) -> frozenset[str]:
+    """Which non-text outputs are stacked per image (concatenate) rather than per prompt (pad then stack).
+
+    Processors differ (LLaVA: pixel_values [n_images, 3, H, W]; Idefics3: [1, n_images, 3, H, W]), so ask the
+    processor once with a two-image prompt instead of hard-coding a list per family.
+    """
+    probe = np.full((32, 32, 3), 128, dtype=np.uint8)
+    out = prepare(processor, [probe, probe], question, answer_prefix)
+    return frozenset(k for k, v in out.items() if k not in TEXT_KEYS and v.shape[0] != 1)
+
+
+def _pad_stack(arrays: list[np.ndarray], value: float) -> np.ndarray:
+    """Stack along a new leading axis, padding every other axis at its end to the largest size."""
+    shape = np.max([a.shape for a in arrays], axis=0)
+    out = np.full((len(arrays), *shape), value, dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[(i, *(slice(0, s) for s in a.shape))] = a
+    return out
+
+
+def collate(items: list[dict], image_major: frozenset[str], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad text to the longest row (masked), and batch the pixel inputs the processor's way."""
+    batch = {}
+    for key in items[0]:
+        arrays = [item[key] for item in items]
+        if key in TEXT_KEYS:
+            batch[key] = _pad_stack(arrays, pad_token_id if key == "input_ids" else 0)
+        elif key in image_major:
+            batch[key] = np.concatenate(arrays)
+        else:  # per-prompt arrays with a leading 1: padding images are all zeros, which the models skip
+            batch[key] = _pad_stack([a[0] for a in arrays], 0)
+    return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+def load_model(
+    path: str, dtype: torch.dtype, device: str, revision: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    model = AutoModelForImageTextToText.from_pretrained(
+        path,
+        revision=revision,
+        dtype=dtype,
+        attn_implementation="sdpa",
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
+    return model.to(device).eval()
+
+
+def last_hidden(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The language model's final hidden state at each row's last real token: [batch, hidden]."""
+    hidden = model.model(**batch, use_cache=False).last_hidden_state
+    last = batch["attention_mask"].sum(dim=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

@@ -1,0 +1,16 @@
+"""Versioned Arrow schemas for what qcurate reads and writes, with validation that names the file, column and problem."""
+
+from schemas.core import SchemaError, check_columns, check_unique_ids
+from schemas.manifest import MANIFEST_V1, validate_manifest
+from schemas.scores import SCORES_VERSION, scores_schema, validate_scores
+
+__all__ = [
+    "MANIFEST_V1",
+    "SCORES_VERSION",
+    "SchemaError",
+    "check_columns",
+    "check_unique_ids",
+    "scores_schema",
+    "validate_manifest",
+    "validate_scores",
+]

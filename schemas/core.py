@@ -1,0 +1,51 @@
+"""Schema checks shared by every table: required columns, their types, nulls, and unique ids."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+class SchemaError(ValueError):
+    """A table does not match its schema. The message names the source (file), the column and the problem."""
+
+    def __init__(self, source: str, column: str | None, problem: str) -> None:
+        self.source, self.column, self.problem = source, column, problem
+        where = f"column '{column}'" if column else "table"
+        super().__init__(f"{source}: {where}: {problem}")
+
+
+def _same_kind(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """string/large_string and the float and integer widths are interchangeable on input."""
+    for family in (pa.types.is_string, pa.types.is_large_string):
+        if family(expected):
+            return pa.types.is_string(actual) or pa.types.is_large_string(actual)
+    if pa.types.is_floating(expected):
+        return pa.types.is_floating(actual) or pa.types.is_integer(actual)
+    if pa.types.is_integer(expected):
+        return pa.types.is_integer(actual)
+    return actual.equals(expected)
+
+
+def check_columns(table: pa.Table | pa.Schema, schema: pa.Schema, source: str) -> None:
+    """Every field of `schema` is present with a compatible type; non-nullable fields hold no nulls.
+
+    Columns the schema does not name are allowed (they are carried through).
+    """
+    actual = table if isinstance(table, pa.Schema) else table.schema
+    for field in schema:
+        if field.name not in actual.names:
+            raise SchemaError(source, field.name, f"missing (expected {field.type})")
+        got = actual.field(field.name).type
+        if not _same_kind(got, field.type):
+            raise SchemaError(source, field.name, f"has type {got}, expected {field.type}")
+        if isinstance(table, pa.Table) and not field.nullable and table.column(field.name).null_count:
+            raise SchemaError(source, field.name, f"{table.column(field.name).null_count} null value(s)")
+
+
+def check_unique_ids(table: pa.Table, source: str, column: str = "id") -> None:
+    counts = pc.value_counts(table.column(column))
+    dupes = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(dupes):
+        sample = ", ".join(repr(v) for v in dupes.field("values").to_pylist()[:5])
+        raise SchemaError(source, column, f"{len(dupes)} duplicate id(s), e.g. {sample}")

@@ -1,0 +1,126 @@
+"""The scoring core on real photographs and real videos, for every native family the tests build."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from pipeline.levels import Levels
+from pipeline.media import Media, load_media
+from pipeline.scorer import Preprocessor, Scorer, level_token_ids, prompt_for
+
+FAMILIES = ["llava", "idefics3"]
+PHOTOS = ["astronaut", "coffee", "chelsea", "rocket"]
+
+
+def photo_media(name: str) -> Media:
+    return Media(frames=[getattr(data, name)()], media_type="image", fps=None, frame_indices=[0],
+                 num_source_frames=1)
+
+
+def video_media(n_frames: int, offset: int = 0) -> Media:
+    """A real photograph panned across n frames (frames differ, so a misplaced frame changes the logits)."""
+    base = data.astronaut()
+    frames = [np.ascontiguousarray(base[20 * i + offset: 20 * i + offset + 300, 10 * i: 10 * i + 400])
+              for i in range(n_frames)]
+    return Media(frames=frames, media_type="video", fps=8.0, frame_indices=list(range(0, 8 * n_frames, 8)),
+                 num_source_frames=8 * n_frames)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def scorer(request, tiny_models) -> Scorer:
+    return Scorer(tiny_models[request.param])
+
+
+def test_reference_prompts():
+    assert prompt_for("quality", "image").question == "How would you rate the quality of this image?"
+    assert prompt_for("aesthetics", "image").answer_prefix == "The aesthetics of the image is"
+    assert prompt_for("quality", "video").answer_prefix == "The quality of the video is"
+    with pytest.raises(ValueError, match="videos are scored for quality"):
+        prompt_for("aesthetics", "video")
+    with pytest.raises(ValueError, match="unknown task"):
+        prompt_for("sharpness", "image")
+
+
+def test_scores_real_photographs(scorer):
+    probs, scores = scorer.score_media([photo_media(n) for n in PHOTOS])
+    assert probs.shape == (len(PHOTOS), 5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    assert np.all((scores >= 1) & (scores <= 5))
+    # different photographs give different probabilities: the pixels reach the logits
+    assert np.abs(probs[0] - probs[1]).max() > 1e-6
+
+
+def test_batch_of_images_equals_solo_runs(scorer):
+    items = [scorer.preprocessor(photo_media(n)) for n in PHOTOS]
+    batch = scorer.level_logits(items)
+    solo = torch.cat([scorer.level_logits([item]) for item in items])
+    torch.testing.assert_close(batch, solo, atol=1e-5, rtol=0)
+
+
+def test_batch_of_videos_with_different_frame_counts_equals_solo_runs(scorer):
+    items = [scorer.preprocessor(m) for m in (video_media(4), video_media(1, 5), video_media(2, 9), photo_media("coffee"))]
+    lengths = {len(item["input_ids"]) for item in items}
+    assert len(lengths) >= 3, "the batch must really mix sequence lengths"
+    batch = scorer.level_logits(items)
+    solo = torch.cat([scorer.level_logits([item]) for item in items])
+    torch.testing.assert_close(batch, solo, atol=1e-5, rtol=0)
+
+
+def test_frame_order_matters_for_videos(scorer):
+    video = video_media(3)
+    reversed_video = Media(frames=video.frames[::-1], media_type="video", fps=8.0, frame_indices=[16, 8, 0],
+                           num_source_frames=24)
+    a, b = scorer.level_logits([scorer.preprocessor(video), scorer.preprocessor(reversed_video)])
+    assert (a - b).abs().max() > 1e-6
+
+
+def test_odd_but_valid_images_are_scored(scorer, tmp_path):
+    rgb = Image.fromarray(data.chelsea())
+    files = {
+        "gray.png": Image.fromarray(data.camera()),
+        "rgba.png": rgb.convert("RGBA"),
+        "cmyk.jpg": rgb.convert("CMYK"),
+        "palette.png": rgb.convert("P"),
+        "16bit.png": Image.fromarray(data.camera().astype(np.uint16) * 257),
+    }
+    media = []
+    for name, img in files.items():
+        img.save(tmp_path / name)
+        media.append(load_media(str(tmp_path / name), "image"))
+    probs, scores = scorer.score_media(media)
+    assert np.isfinite(probs).all() and np.all((scores >= 1) & (scores <= 5))
+
+
+def test_level_words_must_be_single_tokens(tiny_models):
+    preprocessor = Preprocessor(tiny_models["llava"])
+    tokenizer = preprocessor.family.tokenizer_of(preprocessor.processor)
+    assert len(set(preprocessor.level_ids)) == 5
+    # the tiny tokenizer splits "so-so" into three tokens and has never seen "superb"
+    with pytest.raises(ValueError, match="not a single token"):
+        level_token_ids(tokenizer, "The quality of the image is", Levels(("good", "so-so"), (2.0, 1.0)))
+    with pytest.raises(ValueError, match="vocabulary"):
+        Preprocessor(tiny_models["llava"], levels=Levels(("superb", "bad"), (2.0, 1.0)))
+
+
+def test_custom_levels_read_their_own_rows(tiny_models):
+    three = Levels(("good", "fair", "poor"), (3.0, 2.0, 1.0))
+    five = Scorer(tiny_models["llava"])
+    scorer3 = Scorer(tiny_models["llava"], levels=three)
+    item = five.preprocessor(photo_media("rocket"))
+    logits5 = five.level_logits([item])[0]
+    logits3 = scorer3.level_logits([item])[0]
+    torch.testing.assert_close(logits3, logits5[1:4])  # the same words give the same logits
+
+
+def test_loading_is_deterministic_per_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    from pipeline.models.tiny import make_tiny_model
+
+    a = load_file(make_tiny_model("llava", tmp_path / "a", seed=3) / "model.safetensors")
+    b = load_file(make_tiny_model("llava", tmp_path / "b", seed=3) / "model.safetensors")
+    c = load_file(make_tiny_model("llava", tmp_path / "c", seed=4) / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
