@@ -1,6 +1,6 @@
 """Write a tiny random model of a supported family, loadable by path exactly like a real checkpoint.
 
-    python jobs/make_tiny_model.py --family llava --out /tmp/tiny-llava
+python jobs/make_tiny_model.py --family llava --out /tmp/tiny-llava
 """
 
 import argparse

@@ -58,8 +58,14 @@ def level_token_ids(tokenizer, answer_prefix: str, levels: Levels) -> list[int]:
 class Preprocessor:
     """Turns decoded media into one item's model inputs, on CPU, from the model folder's processor alone."""
 
-    def __init__(self, model_path: str, task: str = "quality", levels: Levels = DEFAULT_LEVELS,
-                 revision: str | None = None, trust_remote_code: bool = False) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        task: str = "quality",
+        levels: Levels = DEFAULT_LEVELS,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
         self.family = models.family(model_path, revision)
         self.processor = self.family.load_processor(model_path, revision, trust_remote_code)
         self.task, self.levels = task, levels
@@ -86,9 +92,16 @@ def default_device() -> str:
 class Scorer:
     """Holds one model on one device and scores batches: bf16 + SDPA on GPU, float32 on CPU."""
 
-    def __init__(self, model_path: str, task: str = "quality", levels: Levels = DEFAULT_LEVELS,
-                 device: str | None = None, dtype: torch.dtype | None = None, revision: str | None = None,
-                 trust_remote_code: bool = False) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        task: str = "quality",
+        levels: Levels = DEFAULT_LEVELS,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
         self.device = device or default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
         self.preprocessor = Preprocessor(model_path, task, levels, revision, trust_remote_code)
@@ -104,8 +117,9 @@ class Scorer:
     def level_logits(self, prepared: list[dict[str, np.ndarray]]) -> torch.Tensor:
         """[batch, n_levels] next-token logits of the level words, float32."""
         batch = self.family.collate(prepared, self.preprocessor.image_major, self.preprocessor.pad_token_id)
-        batch = {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
-                 for k, v in batch.items()}
+        batch = {
+            k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device) for k, v in batch.items()
+        }
         hidden = self.family.last_hidden(self.model, batch).float()
         logits = hidden @ self.level_weight.T
         return logits if self.level_bias is None else logits + self.level_bias

@@ -1,4 +1,4 @@
-"""Versioned Arrow schemas for what qcurate reads and writes, with validation that names the file, column and problem."""
+"""Versioned Arrow schemas for what qcurate reads and writes, with validation naming the file, column and problem."""
 
 from schemas.core import SchemaError, check_columns, check_unique_ids
 from schemas.manifest import MANIFEST_V1, validate_manifest

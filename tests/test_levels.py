@@ -8,7 +8,19 @@ def test_eq1_equal_width_intervals_on_1_to_5():
     # 1..5 cut into five 0.8-wide intervals; the upper edge belongs to the interval (Eq. 1), the min to the worst
     mos = [1.0, 1.5, 1.8, 1.81, 2.6, 2.61, 3.4, 3.41, 4.2, 4.21, 5.0]
     words = [DEFAULT_LEVELS.word_of_mos(m, 1, 5) for m in mos]
-    assert words == ["bad", "bad", "bad", "poor", "poor", "fair", "fair", "good", "good", "excellent", "excellent"]
+    assert words == [
+        "bad",
+        "bad",
+        "bad",
+        "poor",
+        "poor",
+        "fair",
+        "fair",
+        "good",
+        "good",
+        "excellent",
+        "excellent",
+    ]
 
 
 def test_eq1_uses_the_scale_not_fixed_numbers():

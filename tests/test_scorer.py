@@ -15,17 +15,23 @@ PHOTOS = ["astronaut", "coffee", "chelsea", "rocket"]
 
 
 def photo_media(name: str) -> Media:
-    return Media(frames=[getattr(data, name)()], media_type="image", fps=None, frame_indices=[0],
-                 num_source_frames=1)
+    return Media(frames=[getattr(data, name)()], media_type="image", fps=None, frame_indices=[0], num_source_frames=1)
 
 
 def video_media(n_frames: int, offset: int = 0) -> Media:
     """A real photograph panned across n frames (frames differ, so a misplaced frame changes the logits)."""
     base = data.astronaut()
-    frames = [np.ascontiguousarray(base[20 * i + offset: 20 * i + offset + 300, 10 * i: 10 * i + 400])
-              for i in range(n_frames)]
-    return Media(frames=frames, media_type="video", fps=8.0, frame_indices=list(range(0, 8 * n_frames, 8)),
-                 num_source_frames=8 * n_frames)
+    frames = [
+        np.ascontiguousarray(base[20 * i + offset : 20 * i + offset + 300, 10 * i : 10 * i + 400])
+        for i in range(n_frames)
+    ]
+    return Media(
+        frames=frames,
+        media_type="video",
+        fps=8.0,
+        frame_indices=list(range(0, 8 * n_frames, 8)),
+        num_source_frames=8 * n_frames,
+    )
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -60,7 +66,9 @@ def test_batch_of_images_equals_solo_runs(scorer):
 
 
 def test_batch_of_videos_with_different_frame_counts_equals_solo_runs(scorer):
-    items = [scorer.preprocessor(m) for m in (video_media(4), video_media(1, 5), video_media(2, 9), photo_media("coffee"))]
+    items = [
+        scorer.preprocessor(m) for m in (video_media(4), video_media(1, 5), video_media(2, 9), photo_media("coffee"))
+    ]
     lengths = {len(item["input_ids"]) for item in items}
     assert len(lengths) >= 3, "the batch must really mix sequence lengths"
     batch = scorer.level_logits(items)
@@ -70,8 +78,9 @@ def test_batch_of_videos_with_different_frame_counts_equals_solo_runs(scorer):
 
 def test_frame_order_matters_for_videos(scorer):
     video = video_media(3)
-    reversed_video = Media(frames=video.frames[::-1], media_type="video", fps=8.0, frame_indices=[16, 8, 0],
-                           num_source_frames=24)
+    reversed_video = Media(
+        frames=video.frames[::-1], media_type="video", fps=8.0, frame_indices=[16, 8, 0], num_source_frames=24
+    )
     a, b = scorer.level_logits([scorer.preprocessor(video), scorer.preprocessor(reversed_video)])
     assert (a - b).abs().max() > 1e-6
 

@@ -17,17 +17,46 @@ from pipeline.levels import DEFAULT_LEVELS
 
 FAMILIES = ("llava", "idefics3", "owl2")
 
-SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<|image|>", "<fake_token_around_image>", "<global-img>",
-           "<end_of_utterance>", "<|im_start|>"]
+SPECIAL = [
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<image>",
+    "<|image|>",
+    "<fake_token_around_image>",
+    "<global-img>",
+    "<end_of_utterance>",
+    "<|im_start|>",
+]
 # Every word the prompts, chat templates and training answers use, so the tiny tokenizer never falls back to <unk>.
-WORDS = """\n : ? . , ! ' - USER ASSISTANT User Assistant How What would you rate the quality aesthetics of this
+WORDS = (
+    """\n : ? . , ! ' - USER ASSISTANT User Assistant How What would you rate the quality aesthetics of this
 image video picture photo is are was Can evaluate Rate Please give your rating for judge I think it level overall its
-visual a an in and on to as be do how well""".split(" ") + ["\n"]
+visual a an in and on to as be do how well""".split()
+    + ["\n"]
+)
 
-TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-            max_position_embeddings=4096, rms_norm_eps=1e-5, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-              patch_size=8)
+TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=32,
+    patch_size=8,
+)
 
 LLAVA_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
@@ -52,13 +81,20 @@ def tiny_tokenizer(extra_words: tuple[str, ...] = DEFAULT_LEVELS.words) -> PreTr
     tok.pre_tokenizer = pre_tokenizers.Split(tokenizers.Regex(r"\n|\w+|[^\w\s]"), behavior="removed", invert=True)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
     tok.add_special_tokens(SPECIAL)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
 
 
 def _llava(tokenizer: PreTrainedTokenizerFast):
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**VISION, projection_dim=32),
@@ -70,15 +106,26 @@ def _llava(tokenizer: PreTrainedTokenizerFast):
     )
     size = VISION["image_size"]
     image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=VISION["patch_size"],
-                               vision_feature_select_strategy="default", chat_template=LLAVA_TEMPLATE,
-                               num_additional_image_tokens=1)
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=VISION["patch_size"],
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
     return LlavaForConditionalGeneration(config), processor
 
 
 def _idefics3(tokenizer: PreTrainedTokenizerFast):
-    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
-                              Idefics3Processor, Idefics3VisionConfig, LlamaConfig)
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+        Idefics3VisionConfig,
+        LlamaConfig,
+    )
 
     scale = 2
     config = Idefics3Config(
@@ -90,8 +137,12 @@ def _idefics3(tokenizer: PreTrainedTokenizerFast):
     edge = {"longest_edge": VISION["image_size"]}
     image_processor = Idefics3ImageProcessor(do_image_splitting=False, size=edge, max_image_size=edge)
     seq_len = (VISION["image_size"] // VISION["patch_size"]) ** 2 // scale**2
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len,
-                                  chat_template=IDEFICS3_TEMPLATE)
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=seq_len,
+        chat_template=IDEFICS3_TEMPLATE,
+    )
     return Idefics3ForConditionalGeneration(config), processor
 
 

@@ -1,0 +1,329 @@
+"""The scoring job on Ray Data: manifest shards -> decode + preprocess (CPU) -> scorer actors (GPU) -> score shards.
+
+    read_parquet(pending shards) -> map_batches(DecodeStage, CPU actors) -> map_batches(ScoreStage, one per GPU)
+        -> the driver collects each shard's score rows (small: no pixels) and commits the shard once it is complete.
+
+Decoded pixels travel between Ray workers only. A rerun skips committed shards; a shard that was not committed when
+the job died is scored again from scratch, so every manifest row ends up in the output exactly once.
+"""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import registry, store
+from pipeline.levels import DEFAULT_LEVELS, Levels
+from pipeline.media import MediaError, MediaOptions, load_media
+from pipeline.scorer import Preprocessor, Scorer
+from pipeline.shards import Output, Shard, list_shards, validate_shards
+from schemas import scores_schema, validate_scores
+
+
+class JobError(RuntimeError):
+    """The job cannot start or must fail: the message says why and what to do."""
+
+
+@dataclass
+class JobConfig:
+    manifest: str
+    output: str
+    model: str
+    task: str = "quality"
+    batch_size: int = 16
+    num_scorers: int | None = None  # default: one per GPU in the cluster, or 1 without GPUs
+    gpus_per_scorer: float = 1.0
+    fps: float = 1.0
+    max_frames: int = 16
+    max_error_rate: float = 0.05
+    restart: bool = False  # wipe an existing output instead of resuming it
+    model_revision: str | None = None
+    levels: Levels = field(default_factory=lambda: DEFAULT_LEVELS)
+    progress_every_s: float = 10.0
+
+
+class DecodeStage:
+    """CPU stage: fetch and decode each item, then run the model's processor on it. Bad items become errors."""
+
+    def __init__(self, model_path: str, task: str, levels: Levels, options: MediaOptions) -> None:
+        self.preprocessor = Preprocessor(registry.local_path(model_path), task, levels)
+        self.options = options
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["id"])
+        frames, errors, inputs = np.zeros(n, np.int32), np.full(n, None, object), np.full(n, b"", object)
+        for i, (uri, media_type) in enumerate(zip(batch["uri"], batch["media_type"])):
+            try:
+                media = load_media(uri, media_type, self.options)
+                inputs[i] = pickle.dumps(self.preprocessor(media), protocol=5)
+                frames[i] = len(media.frames)
+            except MediaError as e:
+                errors[i] = str(e)
+            except Exception as e:  # a processor failing on one odd item must not stop the shard
+                errors[i] = f"preprocess_error: {type(e).__name__}: {e}"
+        return {"id": batch["id"], "path": batch["path"], "frames": frames, "error": errors, "inputs": inputs}
+
+
+class ScoreStage:
+    """Scorer actor: holds the model on its GPU (or CPU) and scores each batch in one forward pass."""
+
+    def __init__(self, model_path: str, task: str, levels: Levels) -> None:
+        self.scorer = Scorer(registry.local_path(model_path), task, levels)
+        self.columns = levels.columns
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["id"])
+        ok = np.array([e is None for e in batch["error"]], dtype=bool)
+        probs = np.full((n, len(self.columns)), np.nan)
+        if ok.any():
+            probs[ok] = self.scorer.probabilities([pickle.loads(b) for b in batch["inputs"][ok]])
+        out = {k: batch[k] for k in ("id", "path", "frames", "error")}
+        out.update({col: probs[:, j] for j, col in enumerate(self.columns)})
+        out["score"] = self.scorer.levels.score(np.nan_to_num(probs)) * np.where(ok, 1.0, np.nan)
+        return out
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            text=True,
+            capture_output=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{version('qcurate')}+{sha}" if sha else version("qcurate")
+
+
+def error_kind(error: str) -> str:
+    return error.split(":", 1)[0]
+
+
+def assemble(shard: Shard, results: pa.Table, config: JobConfig, ref: registry.ModelRef) -> pa.Table:
+    """The output shard: the manifest's rows in their order, score columns first, extra columns carried through."""
+    manifest = store.read_parquet(shard.url)
+    order = pc.index_in(manifest.column("id"), results.column("id"))
+    if order.null_count:
+        raise JobError(f"{shard.url}: {order.null_count} rows have no result (a bug: please report)")
+    results = results.take(order)
+    n = manifest.num_rows
+    schema = scores_schema(config.levels)
+    errors = results.column("error")
+    failed = errors.is_valid()
+    columns = {
+        "id": manifest.column("id"),
+        "uri": manifest.column("uri"),
+        "media_type": manifest.column("media_type"),
+        "task": pa.array([config.task] * n),
+        **{c: pc.if_else(failed, None, results.column(c)) for c in [*config.levels.columns, "score"]},
+        "frames": pc.if_else(failed, None, results.column("frames")),
+        "model": pa.array([config.model] * n),
+        "model_revision": pa.array([ref.revision] * n),
+        "error": errors,
+        "scored_at": pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("us", tz="UTC")),
+    }
+    table = pa.table({k: v.cast(schema.field(k).type) for k, v in columns.items()}, schema=schema)
+    for name in manifest.column_names:  # extra manifest columns follow, unchanged
+        if name not in table.column_names:
+            table = table.append_column(manifest.schema.field(name), manifest.column(name))
+    validate_scores(table, shard.name, config.levels)
+    return table
+
+
+def check_previous_run(output: Output, run: dict, restart: bool) -> None:
+    """Refuse to mix scores of different models, revisions, tasks or levels in one output."""
+    run_url = store.join(output.url, "_run.json")
+    if restart:
+        output.clear()
+        return
+    if not store.exists(run_url):
+        return
+    previous = store.read_json(run_url)
+    for key in ("model", "model_revision", "task", "levels"):
+        if previous.get(key) != run[key]:
+            raise JobError(
+                f"{output.url} holds scores with {key}={previous.get(key)!r}, this run has {run[key]!r}; "
+                "use another --output, or --restart to delete the old scores and start over"
+            )
+
+
+def init_ray() -> float:
+    """Join the cluster named by RAY_ADDRESS (as `ray job submit` sets it), else start a local Ray. Returns seconds."""
+    import ray
+
+    start = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True, logging_level="WARNING")
+    return time.perf_counter() - start
+
+
+def run(config: JobConfig, log=print) -> dict:
+    """Score every uncommitted shard of the manifest. Returns the run summary (also written to _run.json)."""
+
+    t0 = time.perf_counter()
+    ref = registry.resolve(config.model, config.model_revision)
+    output = Output(config.output)
+    run_info = {
+        "model": config.model,
+        "model_path": ref.path,
+        "model_revision": ref.revision,
+        "task": config.task,
+        "levels": list(config.levels.words),
+        "code_version": code_version(),
+        "args": {k: v for k, v in asdict(config).items() if k != "levels"},
+    }
+    check_previous_run(output, run_info, config.restart)
+
+    shards = validate_shards(list_shards(config.manifest))  # a bad manifest fails here, before any scoring
+    if config.task != "quality":
+        for shard in shards:
+            media = store.read_parquet(shard.url, columns=["media_type"]).column("media_type")
+            if pc.any(pc.equal(media, "video")).as_py():
+                raise JobError(
+                    f"{shard.url}: column 'media_type': videos are scored for quality only, not {config.task!r}"
+                )
+    committed = output.committed()
+    pending = [s for s in shards if s.name not in committed]
+    log(
+        f"manifest: {len(shards)} shards, {sum(s.num_rows for s in shards)} rows; "
+        f"{len(shards) - len(pending)} already committed, {len(pending)} to score"
+    )
+    store.write_json(store.join(output.url, "_run.json"), {**run_info, "status": "running"})
+
+    ray_start_s = init_ray()
+    counts: Counter = Counter()
+    t_score = time.perf_counter()
+    if pending:
+        counts = _score(pending, config, ref, output, log)
+    scoring_s = time.perf_counter() - t_score
+
+    markers = [store.read_json(output.marker_url(s.name)) for s in shards]
+    total = Counter()
+    for m in markers:
+        total.update({"rows": m["rows"], "errors": m["errors"]})
+        total.update({f"error:{k}": v for k, v in m["errors_by_kind"].items()})
+    summary = {
+        **run_info,
+        "status": "done",
+        "rows": total["rows"],
+        "errors": total["errors"],
+        "errors_by_kind": {k.split(":", 1)[1]: v for k, v in sorted(total.items()) if k.startswith("error:")},
+        "this_run": {
+            "shards": len(pending),
+            "rows": counts["rows"],
+            "errors": counts["errors"],
+            "scoring_s": round(scoring_s, 2),
+            "ray_start_s": round(ray_start_s, 2),
+            "rows_per_s": round(counts["rows"] / scoring_s, 2) if counts["rows"] else None,
+            "wall_s": round(time.perf_counter() - t0, 2),
+        },
+    }
+    rate = counts["errors"] / counts["rows"] if counts["rows"] else 0.0
+    if rate > config.max_error_rate:
+        summary["status"] = "failed"
+        summary["failure"] = (
+            f"error rate {rate:.1%} over --max-error-rate {config.max_error_rate:.1%} "
+            f"({dict(summary['errors_by_kind'])}); the scored shards are committed"
+        )
+    store.write_json(store.join(output.url, "_run.json"), summary)
+    log(
+        f"done: {summary['rows']} rows in the output, {summary['errors']} errors {summary['errors_by_kind']}; "
+        f"this run scored {counts['rows']} rows in {scoring_s:.1f} s "
+        f"({summary['this_run']['rows_per_s']} rows/s; Ray start {ray_start_s:.1f} s)"
+    )
+    if summary["status"] == "failed":
+        raise JobError(summary["failure"])
+    return summary
+
+
+def _score(pending: list[Shard], config: JobConfig, ref: registry.ModelRef, output: Output, log) -> Counter:
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the driver prints its own progress lines
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 1)
+    num_scorers = config.num_scorers or max(1, int(gpus / config.gpus_per_scorer))
+    scorer_gpus = config.gpus_per_scorer if gpus else 0
+    # Logical CPUs: one stays free for Ray Data's file listing and reads (I/O). Decoders and CPU scorers take half a
+    # core each on small machines, so that list + read + decode + score always fit and the pipeline cannot stall.
+    unit = 1.0 if cpus >= 8 else 0.5
+    scorer_cpus = 1.0 if gpus else unit
+    decoders = max(1, int((cpus - 1 - num_scorers * scorer_cpus) / unit))
+    options = MediaOptions(sample_fps=config.fps, max_frames=config.max_frames)
+
+    fs, _ = store.arrow_filesystem(pending[0].url)
+    paths = [store.filesystem(s.url)[1] for s in pending]
+    stage_args = dict(model_path=ref.path, task=config.task, levels=config.levels)
+    ds = (
+        ray.data.read_parquet(
+            paths,
+            filesystem=fs,
+            columns=["id", "uri", "media_type"],
+            include_paths=True,
+            partitioning=None,
+            num_cpus=0.25,
+        )
+        .map_batches(
+            DecodeStage,
+            fn_constructor_kwargs={**stage_args, "options": options},
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders),
+            num_cpus=unit,
+        )
+        .map_batches(
+            ScoreStage,
+            fn_constructor_kwargs=stage_args,
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=num_scorers),
+            num_gpus=scorer_gpus,
+            num_cpus=scorer_cpus,
+        )
+    )
+    by_path = {p: s for p, s in zip(paths, pending)}
+    parts: dict[str, list[pa.Table]] = defaultdict(list)
+    seen: Counter = Counter()
+    counts: Counter = Counter()
+    last_log, t0 = time.perf_counter(), time.perf_counter()
+    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for path in pc.unique(block.column("path")).to_pylist():
+            part = block.filter(pc.equal(block.column("path"), path)).drop_columns(["path"])
+            shard = by_path[path]
+            parts[shard.name].append(part)
+            seen[shard.name] += part.num_rows
+            if seen[shard.name] == shard.num_rows:
+                counts += _commit(shard, parts.pop(shard.name), config, ref, output)
+        if time.perf_counter() - last_log > config.progress_every_s:
+            last_log = time.perf_counter()
+            done = sum(seen.values())
+            log(
+                f"progress: {done} rows ({done / (last_log - t0):.1f} rows/s), {counts['shards']} shards "
+                f"committed, {counts['errors']} errors so far"
+            )
+    if parts:
+        raise JobError(f"shards ended incomplete: {sorted(parts)} (rows seen {dict(seen)})")
+    return counts
+
+
+def _commit(shard: Shard, parts: list[pa.Table], config: JobConfig, ref: registry.ModelRef, output: Output) -> Counter:
+    results = pa.concat_tables(parts)
+    table = assemble(shard, results, config, ref)
+    errors = [e for e in table.column("error").to_pylist() if e is not None]
+    by_kind = Counter(error_kind(e) for e in errors)
+    output.commit(shard.name, table, {"errors": len(errors), "errors_by_kind": dict(by_kind)})
+    return Counter({"shards": 1, "rows": table.num_rows, "errors": len(errors)})

@@ -1,0 +1,92 @@
+"""Sharded Parquet manifests in, one committed output shard per input shard out.
+
+The unit of commit is the input shard: `<output>/part-00007.parquet` is written whole, then
+`<output>/_committed/part-00007.parquet.json` marks it committed. A shard without its marker is not done and is
+written again by a rerun; a committed shard is never touched again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import store
+from schemas import MANIFEST_V1, SchemaError, check_columns, validate_manifest
+
+
+def list_shards(manifest: str) -> list[str]:
+    """The manifest's Parquet shards as URLs, sorted: a folder of *.parquet files, one file, or a glob."""
+    fs, path = store.filesystem(manifest)
+    if any(c in path for c in "*?["):
+        paths = fs.glob(path)
+    elif store.retry(lambda: fs.isdir(path), f"stat {manifest}"):
+        paths = [p for p in fs.ls(path, detail=False) if p.endswith(".parquet")]
+    else:
+        paths = [path]
+    if not paths:
+        raise FileNotFoundError(f"no Parquet shards found at {manifest}")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    urls = sorted(p if protocol in ("file", "local") else f"{protocol}://{p}" for p in paths)
+    names = [store.basename(u) for u in urls]
+    if len(set(names)) != len(names):
+        raise ValueError(f"shard file names must be unique (outputs are named after them): {manifest}")
+    return urls
+
+
+@dataclass
+class Shard:
+    url: str
+    name: str  # file name, e.g. part-00007.parquet; the output shard has the same name
+    num_rows: int
+
+
+def validate_shards(urls: list[str]) -> list[Shard]:
+    """Check every shard against the manifest schema, and ids across all shards, before any scoring starts."""
+    shards, ids = [], []
+    for url in urls:
+        check_columns(store.read_parquet_schema(url), MANIFEST_V1, url)  # a missing column, named, before reading
+        table = store.read_parquet(url, columns=MANIFEST_V1.names)
+        validate_manifest(table, url)
+        shards.append(Shard(url, store.basename(url), table.num_rows))
+        ids.append(table.column("id").combine_chunks().cast(pa.string()))
+    counts = pc.value_counts(pa.chunked_array(ids, type=pa.string()))
+    dupes = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if len(dupes):
+        first = dupes[0]
+        where = [s.url for s, shard_ids in zip(shards, ids) if pc.any(pc.equal(shard_ids, first)).as_py()]
+        raise SchemaError(where[-1], "id", f"{len(dupes)} id(s) appear in more than one shard, e.g. {first} in {where}")
+    return shards
+
+
+class Output:
+    """An output folder of score shards with commit markers."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def shard_url(self, name: str) -> str:
+        return store.join(self.url, name)
+
+    def marker_url(self, name: str) -> str:
+        return store.join(self.url, "_committed", f"{name}.json")
+
+    def committed(self) -> set[str]:
+        fs, path = store.filesystem(store.join(self.url, "_committed"))
+        if not store.exists(store.join(self.url, "_committed")):
+            return set()
+        names = store.retry(lambda: fs.ls(path, detail=False), f"list {path}")
+        return {store.basename(n).removesuffix(".json") for n in names if n.endswith(".json")}
+
+    def commit(self, name: str, table: pa.Table, summary: dict) -> None:
+        """Write the shard whole, then its marker: a crash between the two leaves an uncommitted shard."""
+        store.write_parquet(table, self.shard_url(name))
+        marker = {"rows": table.num_rows, "committed_at": datetime.now(timezone.utc).isoformat(), **summary}
+        store.write_json(self.marker_url(name), marker)
+
+    def clear(self) -> None:
+        fs, path = store.filesystem(self.url)
+        if store.exists(self.url):
+            store.retry(lambda: fs.rm(path, recursive=True), f"remove {self.url}")

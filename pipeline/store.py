@@ -1,0 +1,102 @@
+"""Object storage through fsspec: any URL (s3://, gs://, file://, a plain path), with retries on transient errors.
+
+S3-compatible endpoints and credentials come from the standard AWS environment variables (AWS_ENDPOINT_URL, ...),
+which s3fs/botocore read themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+T = TypeVar("T")
+
+ATTEMPTS = 4
+BASE_DELAY_S = 0.5
+# Errors that another try cannot fix.
+PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, ValueError, TypeError)
+
+
+def retry(fn: Callable[[], T], what: str, attempts: int = ATTEMPTS) -> T:
+    """Call fn, retrying transient storage errors (timeouts, resets, throttling, 5xx) with exponential backoff."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except PERMANENT:
+            raise
+        except Exception as e:
+            if attempt == attempts - 1:
+                raise OSError(f"{what}: {type(e).__name__}: {e} (after {attempts} attempts)") from e
+            time.sleep(BASE_DELAY_S * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(url)
+
+
+def join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *parts])
+
+
+def basename(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return retry(lambda: fs.exists(path), f"exists {url}")
+
+
+def read_text(url: str) -> str:
+    fs, path = filesystem(url)
+    return retry(lambda: fs.cat_file(path), f"read {url}").decode()
+
+
+def write_text(url: str, text: str) -> None:
+    fs, path = filesystem(url)
+    parent = path.rsplit("/", 1)[0]
+    retry(lambda: fs.makedirs(parent, exist_ok=True), f"mkdir {parent}")
+    retry(lambda: fs.pipe_file(path, text.encode()), f"write {url}")
+
+
+def read_json(url: str) -> Any:
+    return json.loads(read_text(url))
+
+
+def write_json(url: str, obj: Any) -> None:
+    write_text(url, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_parquet(table: pa.Table, url: str) -> None:
+    """Write a whole table as one object (one PUT on object stores: readers never see half a file there)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    fs, path = filesystem(url)
+    parent = path.rsplit("/", 1)[0]
+    retry(lambda: fs.makedirs(parent, exist_ok=True), f"mkdir {parent}")
+    data = sink.getvalue().to_pybytes()
+    retry(lambda: fs.pipe_file(path, data), f"write {url}")
+
+
+def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = filesystem(url)
+    return retry(lambda: pq.read_table(path, columns=columns, filesystem=fs), f"read {url}")
+
+
+def read_parquet_schema(url: str) -> pa.Schema:
+    fs, path = filesystem(url)
+    return retry(lambda: pq.read_schema(path, filesystem=fs), f"read schema of {url}")
+
+
+def arrow_filesystem(url: str) -> tuple[PyFileSystem, str]:
+    """A pyarrow view of the fsspec filesystem, for readers (Ray Data) that take pyarrow filesystems."""
+    fs, path = filesystem(url)
+    return PyFileSystem(FSSpecHandler(fs)), path
