@@ -1,8 +1,17 @@
-"""Session-wide fixtures: tiny models built once per test run (real transformers classes, random weights)."""
+"""Session-wide fixtures: one S3 endpoint (moto's server on loopback), one Ray cluster, tiny models built once.
+
+The S3 environment variables are set for the whole session BEFORE Ray starts, so that Ray workers (which inherit the
+environment of `ray start`) reach the same endpoint as the test process.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
 
 import pytest
 from transformers.utils import logging as hf_logging
@@ -11,10 +20,74 @@ from pipeline.models.tiny import make_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub here
 hf_logging.disable_progress_bar()
+RAY = str(Path(sys.executable).with_name("ray"))
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """family -> folder of a tiny random model of that family, built once per session."""
     root = tmp_path_factory.mktemp("models")
-    return {family: str(make_tiny_model(family, root / family)) for family in ("llava", "idefics3")}
+    return {family: str(make_tiny_model(family, root / family)) for family in ("llava", "idefics3", "owl2")}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> str:
+    """moto's S3 server on 127.0.0.1; the standard AWS variables point s3fs (and Ray workers) at it."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    empty = tmp_path_factory.mktemp("aws")
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        # no developer's ~/.aws settings may leak in
+        AWS_CONFIG_FILE=str(empty / "config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(empty / "credentials"),
+    )
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        os.environ.pop(var, None)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh bucket on the session's S3 endpoint: (s3fs filesystem, bucket name)."""
+    import s3fs
+
+    # s3fs caches instances by constructor arguments, not by env: a cached one could keep an old endpoint.
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    bucket = f"qcurate-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    yield fs, bucket
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint, tmp_path_factory) -> str:
+    """One local Ray cluster for the whole test session (`ray start --head` on loopback). Returns its address.
+
+    Jobs started as subprocesses join it through RAY_ADDRESS; the test process joins it too.
+    """
+    import ray
+
+    temp = tmp_path_factory.mktemp("ray")
+    port = 6300 + os.getpid() % 500
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats"]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
+    address = f"127.0.0.1:{port}"
+    os.environ["RAY_ADDRESS"] = address
+    ray.init(address=address, logging_level="WARNING")
+    yield address
+    ray.shutdown()
+    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    os.environ.pop("RAY_ADDRESS", None)

@@ -340,41 +340,6 @@ def test_permanent_errors_are_not_retried(memory_jpeg, monkeypatch):
 # S3 through s3fs, against moto's S3 server on loopback
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_bucket(moto_endpoint, monkeypatch, tmp_path):
-    """A fresh bucket on the moto server; the AWS env vars point s3fs (via botocore) at it."""
-    import s3fs
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    # No developer's ~/.aws settings may leak in.
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    # s3fs caches instances by constructor arguments, not by env: a cached one would keep an old endpoint.
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    bucket = f"qcurate-{uuid.uuid4().hex[:12]}"
-    fs.mkdir(bucket)
-    yield fs, bucket
-    s3fs.S3FileSystem.clear_instance_cache()
-
-
 def test_load_image_and_video_from_s3(s3_bucket, zoo):
     fs, bucket = s3_bucket
     image_path, video_path = zoo["rgb_jpeg"][0], zoo["video"][0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
+import numpy as np
 from transformers import PretrainedConfig
 
 
@@ -25,3 +26,12 @@ def family(path: str, revision: str | None = None) -> ModuleType:
     from pipeline.models import hf
 
     return hf
+
+
+def pad_stack(arrays: list[np.ndarray], value: float) -> np.ndarray:
+    """Stack along a new leading axis, padding every other axis at its end to the largest size."""
+    shape = np.max([a.shape for a in arrays], axis=0)
+    out = np.full((len(arrays), *shape), value, dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[(i, *(slice(0, s) for s in a.shape))] = a
+    return out

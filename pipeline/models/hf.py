@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
+from pipeline.models import pad_stack
+
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 
 
@@ -49,26 +51,17 @@ def image_major_keys(processor: ProcessorMixin, question: str, answer_prefix: st
     return frozenset(k for k, v in out.items() if k not in TEXT_KEYS and v.shape[0] != 1)
 
 
-def _pad_stack(arrays: list[np.ndarray], value: float) -> np.ndarray:
-    """Stack along a new leading axis, padding every other axis at its end to the largest size."""
-    shape = np.max([a.shape for a in arrays], axis=0)
-    out = np.full((len(arrays), *shape), value, dtype=arrays[0].dtype)
-    for i, a in enumerate(arrays):
-        out[(i, *(slice(0, s) for s in a.shape))] = a
-    return out
-
-
 def collate(items: list[dict], image_major: frozenset[str], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad text to the longest row (masked), and batch the pixel inputs the processor's way."""
     batch = {}
     for key in items[0]:
         arrays = [item[key] for item in items]
         if key in TEXT_KEYS:
-            batch[key] = _pad_stack(arrays, pad_token_id if key == "input_ids" else 0)
+            batch[key] = pad_stack(arrays, pad_token_id if key == "input_ids" else 0)
         elif key in image_major:
             batch[key] = np.concatenate(arrays)
         else:  # per-prompt arrays with a leading 1: padding images are all zeros, which the models skip
-            batch[key] = _pad_stack([a[0] for a in arrays], 0)
+            batch[key] = pad_stack([a[0] for a in arrays], 0)
     return {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
