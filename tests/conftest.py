@@ -81,8 +81,18 @@ def ray_cluster(s3_endpoint, tmp_path_factory) -> str:
     temp = tmp_path_factory.mktemp("ray")
     port = 6300 + os.getpid() % 500
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    cmd = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats"]
+    cmd = [
+        RAY,
+        "start",
+        "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+    ]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
     address = f"127.0.0.1:{port}"
     os.environ["RAY_ADDRESS"] = address

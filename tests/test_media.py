@@ -6,7 +6,6 @@ S3 tests run against moto's S3 server on loopback, reached through s3fs exactly 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import pathlib
 import pickle
