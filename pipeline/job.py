@@ -61,7 +61,8 @@ class DecodeStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
-        frames, errors, inputs = np.zeros(n, np.int32), np.full(n, None, object), np.full(n, b"", object)
+        # "" = no error: an all-null column would come back from Arrow as floats (NaN) in the next stage
+        frames, errors, inputs = np.zeros(n, np.int32), np.full(n, "", object), np.full(n, b"", object)
         for i, (uri, media_type) in enumerate(zip(batch["uri"], batch["media_type"])):
             try:
                 media = load_media(uri, media_type, self.options)
@@ -83,7 +84,7 @@ class ScoreStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
-        ok = np.array([e is None for e in batch["error"]], dtype=bool)
+        ok = batch["error"] == ""
         probs = np.full((n, len(self.columns)), np.nan)
         if ok.any():
             probs[ok] = self.scorer.probabilities([pickle.loads(b) for b in batch["inputs"][ok]])
@@ -112,17 +113,21 @@ def error_kind(error: str) -> str:
     return error.split(":", 1)[0]
 
 
-def assemble(shard: Shard, results: pa.Table, config: JobConfig, ref: registry.ModelRef) -> pa.Table:
+def assemble(shard: Shard, results: pa.Table | None, config: JobConfig, ref: registry.ModelRef) -> pa.Table:
     """The output shard: the manifest's rows in their order, score columns first, extra columns carried through."""
     manifest = store.read_parquet(shard.url)
+    if results is None:  # an empty manifest shard
+        schema = pa.schema([("id", pa.string()), ("frames", pa.int32()), ("error", pa.string())]
+                           + [(c, pa.float64()) for c in [*config.levels.columns, "score"]])
+        results = schema.empty_table()
     order = pc.index_in(manifest.column("id"), results.column("id"))
     if order.null_count:
         raise JobError(f"{shard.url}: {order.null_count} rows have no result (a bug: please report)")
     results = results.take(order)
     n = manifest.num_rows
     schema = scores_schema(config.levels)
-    errors = results.column("error")
-    failed = errors.is_valid()
+    failed = pc.not_equal(results.column("error"), "")
+    errors = pc.if_else(failed, results.column("error"), None)
     columns = {
         "id": manifest.column("id"),
         "uri": manifest.column("uri"),
@@ -206,8 +211,10 @@ def run(config: JobConfig, log=print) -> dict:
     ray_start_s = init_ray()
     counts: Counter = Counter()
     t_score = time.perf_counter()
-    if pending:
-        counts = _score(pending, config, ref, output, log)
+    for shard in [s for s in pending if s.num_rows == 0]:  # nothing to score: commit the empty shard now
+        counts += _commit(shard, [], config, ref, output)
+    if any(s.num_rows for s in pending):
+        counts += _score([s for s in pending if s.num_rows], config, ref, output, log)
     scoring_s = time.perf_counter() - t_score
 
     markers = [store.read_json(output.marker_url(s.name)) for s in shards]
@@ -321,8 +328,7 @@ def _score(pending: list[Shard], config: JobConfig, ref: registry.ModelRef, outp
 
 
 def _commit(shard: Shard, parts: list[pa.Table], config: JobConfig, ref: registry.ModelRef, output: Output) -> Counter:
-    results = pa.concat_tables(parts)
-    table = assemble(shard, results, config, ref)
+    table = assemble(shard, pa.concat_tables(parts) if parts else None, config, ref)
     errors = [e for e in table.column("error").to_pylist() if e is not None]
     by_kind = Counter(error_kind(e) for e in errors)
     output.commit(shard.name, table, {"errors": len(errors), "errors_by_kind": dict(by_kind)})

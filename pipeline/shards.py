@@ -90,3 +90,16 @@ class Output:
         fs, path = store.filesystem(self.url)
         if store.exists(self.url):
             store.retry(lambda: fs.rm(path, recursive=True), f"remove {self.url}")
+
+
+def write_manifest(rows: list[dict], url: str, num_shards: int) -> list[str]:
+    """Write rows as a sharded manifest `<url>/part-00000.parquet ...` (rows split in order). Returns the shard URLs."""
+    table = pa.Table.from_pylist(rows)
+    validate_manifest(table, url)
+    per_shard = -(-len(rows) // num_shards)
+    urls = []
+    for i in range(num_shards):
+        shard_url = store.join(url, f"part-{i:05d}.parquet")
+        store.write_parquet(table.slice(i * per_shard, per_shard), shard_url)
+        urls.append(shard_url)
+    return urls

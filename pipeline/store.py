@@ -7,13 +7,16 @@ which s3fs/botocore read themselves.
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 T = TypeVar("T")
@@ -60,11 +63,25 @@ def read_text(url: str) -> str:
     return retry(lambda: fs.cat_file(path), f"read {url}").decode()
 
 
-def write_text(url: str, text: str) -> None:
+def put(url: str, data: bytes) -> None:
+    """Write a whole object atomically: readers see the old object or the new one, never half of it.
+
+    An object-store PUT is atomic by itself; on a local disk write a temporary file and rename it over the target.
+    """
     fs, path = filesystem(url)
     parent = path.rsplit("/", 1)[0]
     retry(lambda: fs.makedirs(parent, exist_ok=True), f"mkdir {parent}")
-    retry(lambda: fs.pipe_file(path, text.encode()), f"write {url}")
+    if isinstance(fs, LocalFileSystem):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    else:
+        retry(lambda: fs.pipe_file(path, data), f"write {url}")
+
+
+def write_text(url: str, text: str) -> None:
+    put(url, text.encode())
 
 
 def read_json(url: str) -> Any:
@@ -76,14 +93,10 @@ def write_json(url: str, obj: Any) -> None:
 
 
 def write_parquet(table: pa.Table, url: str) -> None:
-    """Write a whole table as one object (one PUT on object stores: readers never see half a file there)."""
+    """Write a whole table as one object, atomically (see put)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    fs, path = filesystem(url)
-    parent = path.rsplit("/", 1)[0]
-    retry(lambda: fs.makedirs(parent, exist_ok=True), f"mkdir {parent}")
-    data = sink.getvalue().to_pybytes()
-    retry(lambda: fs.pipe_file(path, data), f"write {url}")
+    put(url, sink.getvalue().to_pybytes())
 
 
 def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:

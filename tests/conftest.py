@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -19,6 +22,9 @@ from transformers.utils import logging as hf_logging
 from pipeline.models.tiny import make_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub here
+# Test clusters listen on loopback only; Ray's token auth would tie them to one token file shared by every cluster
+# on the machine.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 hf_logging.disable_progress_bar()
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -70,17 +76,16 @@ def s3_bucket(s3_endpoint):
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-@pytest.fixture(scope="session")
-def ray_cluster(s3_endpoint, tmp_path_factory) -> str:
-    """One local Ray cluster for the whole test session (`ray start --head` on loopback). Returns its address.
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    Jobs started as subprocesses join it through RAY_ADDRESS; the test process joins it too.
-    """
-    import ray
 
-    temp = tmp_path_factory.mktemp("ray")
-    port = 6300 + os.getpid() % 500
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+def start_cluster(temp_dir: Path) -> tuple[str, str]:
+    """`ray start --head` on loopback with its own temp dir. Returns (GCS address, dashboard URL)."""
+    port, dashboard = free_port(), free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     cmd = [
         RAY,
         "start",
@@ -90,14 +95,44 @@ def ray_cluster(s3_endpoint, tmp_path_factory) -> str:
         "--num-cpus=2",
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
-        f"--temp-dir={temp}",
+        f"--dashboard-port={dashboard}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
-    address = f"127.0.0.1:{port}"
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    if result.returncode:
+        raise RuntimeError(f"ray start failed:\n{result.stdout}\n{result.stderr}")
+    return f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
+
+
+def stop_cluster(temp_dir: Path) -> None:
+    """Kill every process of the cluster that uses temp_dir (`ray stop` would stop every cluster on the machine)."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(temp_dir) in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+        except psutil.Error:
+            pass
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint, tmp_path_factory) -> str:
+    """One local Ray cluster for the whole test session (`ray start --head` on loopback). Returns its address.
+
+    Jobs started as subprocesses join it through RAY_ADDRESS; the test process joins it too.
+    """
+    import ray
+
+    temp = Path(tempfile.mkdtemp(prefix="qray-"))  # short: Ray's socket paths under it must fit in 107 bytes
+    address, dashboard = start_cluster(temp)
     os.environ["RAY_ADDRESS"] = address
+    os.environ["QCURATE_TEST_DASHBOARD"] = dashboard
     ray.init(address=address, logging_level="WARNING")
     yield address
     ray.shutdown()
-    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    stop_cluster(temp)
+    shutil.rmtree(temp, ignore_errors=True)
     os.environ.pop("RAY_ADDRESS", None)

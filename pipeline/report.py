@@ -1,0 +1,385 @@
+"""A self-contained HTML report of a scoring run: open it from disk, no server, no network.
+
+It shows the score histogram, the mean level probabilities, a per-level breakdown (argmax level), error counts by
+kind, and thumbnail strips of the lowest and highest scored items (a video shows its middle sampled frame). With a
+threshold it shows what `--min-score` would keep and drop, and marks it on the histogram.
+
+The score shards are read one at a time and only their statistics are kept (a fixed-bin histogram, sums, counts and
+the N lowest/highest rows), so memory does not grow with the run's size. Plots are drawn by matplotlib's Agg canvas
+(no pyplot, no display) and embedded as PNG data URIs; thumbnails as JPEG data URIs. No external CSS or JS.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+from pipeline import store
+from pipeline.curation import (
+    BIN_WIDTH,
+    FilterConfig,
+    FilterError,
+    ScoreHistogram,
+    absolute,
+    level_words,
+    run_filter,
+    score_range,
+    scores_run,
+)
+from pipeline.media import MediaError, MediaOptions, load_media
+from pipeline.shards import Output, list_shards
+
+CAPTION_COLUMNS = ("source", "mos")  # shown under thumbnails and in the per-level table when present
+THUMB_PX = 160
+KEPT_COLOUR = "#2a6fdb"  # the histogram's kept bars, and every plot's main colour (the browser test looks for it)
+DROPPED_COLOUR = "#c8553d"
+# Videos: 1 fps samples capped at 3 frames (first, middle, last): the thumbnail is the middle one.
+THUMB_MEDIA = MediaOptions(sample_fps=1.0, max_frames=3)
+
+
+@dataclass
+class Item:
+    score: float
+    id: str
+    uri: str
+    media_type: str
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class ReportData:
+    """What the report shows, gathered shard by shard in bounded memory."""
+
+    scores: str
+    manifest: str | None
+    words: list[str]
+    hist: ScoreHistogram
+    run: dict | None = None
+    shards: int = 0
+    rows: int = 0
+    manifest_rows: int | None = None
+    errors_by_kind: Counter = field(default_factory=Counter)
+    prob_sums: np.ndarray = None  # type: ignore[assignment]
+    level_counts: np.ndarray = None  # type: ignore[assignment]
+    level_score_sums: np.ndarray = None  # type: ignore[assignment]
+    level_mos_sums: np.ndarray = None  # type: ignore[assignment]
+    level_mos_counts: np.ndarray = None  # type: ignore[assignment]
+    lowest: list[Item] = field(default_factory=list)
+    highest: list[Item] = field(default_factory=list)
+    min_score: float | None = None
+    kept: int | None = None  # scored rows with score >= min_score
+
+    @property
+    def scored(self) -> int:
+        return self.hist.n
+
+    @property
+    def errors(self) -> int:
+        return sum(self.errors_by_kind.values())
+
+
+def _num_rows(url: str) -> int:
+    fs, path = store.filesystem(url)
+
+    def read() -> int:
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+
+    return store.retry(read, f"read metadata of {url}")
+
+
+def _top(items: list[Item], candidates: list[Item], n: int, highest: bool) -> list[Item]:
+    key = (lambda it: (-it.score, it.id)) if highest else (lambda it: (it.score, it.id))
+    return sorted(items + candidates, key=key)[:n]
+
+
+def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_score: float | None = None) -> ReportData:
+    """Read the committed score shards (and the manifest's caption columns, when given) into ReportData."""
+    scores, manifest = absolute(scores), absolute(manifest) if manifest else None
+    committed = Output(scores).committed()
+    urls = [u for u in list_shards(scores) if store.basename(u) in committed]
+    if not urls:
+        raise FilterError(f"no committed score shards in {scores}")
+    manifest_urls = {store.basename(u): u for u in list_shards(manifest)} if manifest else {}
+    words = level_words(store.read_parquet_schema(urls[0]))
+    probs = [f"p_{w}" for w in words]
+    n = len(words)
+    data = ReportData(scores, manifest, words, ScoreHistogram(*score_range(words)), run=scores_run(scores))
+    data.prob_sums, data.level_counts, data.level_score_sums = np.zeros(n), np.zeros(n, np.int64), np.zeros(n)
+    data.level_mos_sums, data.level_mos_counts = np.zeros(n), np.zeros(n, np.int64)
+    data.min_score, data.kept = min_score, 0 if min_score is not None else None
+    if manifest:
+        data.manifest_rows = sum(_num_rows(u) for u in manifest_urls.values())
+
+    for url in urls:
+        name = store.basename(url)
+        names = store.read_parquet_schema(url).names
+        captions = [c for c in CAPTION_COLUMNS if c in names]
+        table = store.read_parquet(url, columns=["id", "uri", "media_type", "score", "error", *probs, *captions])
+        extra = [c for c in CAPTION_COLUMNS if c not in names]
+        if extra and name in manifest_urls:  # caption columns the score shard lacks, from the same-named shard
+            table = _join_manifest(table, manifest_urls[name], extra)
+        data.shards += 1
+        data.rows += table.num_rows
+        errors = table.column("error")
+        data.errors_by_kind.update(e.split(":", 1)[0] for e in errors.drop_null().to_pylist())
+        scored = table.filter(errors.is_null())
+        s = scored.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+        data.hist.add(s)
+        if min_score is not None:
+            data.kept += int((s >= min_score).sum())
+        if not scored.num_rows:
+            continue
+        p = np.column_stack([scored.column(c).to_numpy(zero_copy_only=False) for c in probs])
+        level = p.argmax(axis=1)
+        data.prob_sums += p.sum(axis=0)
+        data.level_counts += np.bincount(level, minlength=n)
+        data.level_score_sums += np.bincount(level, weights=s, minlength=n)
+        if "mos" in scored.column_names and pa.types.is_floating(scored.schema.field("mos").type):
+            mos = scored.column("mos").to_numpy(zero_copy_only=False).astype(np.float64)
+            ok = np.isfinite(mos)
+            data.level_mos_sums += np.bincount(level[ok], weights=mos[ok], minlength=n)
+            data.level_mos_counts += np.bincount(level[ok], minlength=n)
+        # Only each shard's n lowest and highest rows become Python objects.
+        order = np.argsort(s, kind="stable")
+        for rows, highest in ((order[:n_thumbs], False), (order[::-1][:n_thumbs], True)):
+            picked = scored.take(pa.array(rows)).to_pylist()
+            candidates = [
+                Item(r["score"], r["id"], r["uri"], r["media_type"], {c: r[c] for c in CAPTION_COLUMNS if c in r})
+                for r in picked
+            ]
+            if highest:
+                data.highest = _top(data.highest, candidates, n_thumbs, True)
+            else:
+                data.lowest = _top(data.lowest, candidates, n_thumbs, False)
+    return data
+
+
+def _join_manifest(table: pa.Table, manifest_url: str, columns: list[str]) -> pa.Table:
+    present = [c for c in columns if c in store.read_parquet_schema(manifest_url).names]
+    if not present:
+        return table
+    manifest = store.read_parquet(manifest_url, columns=["id", *present])
+    order = pc.index_in(table.column("id"), manifest.column("id"))
+    for c in present:
+        table = table.append_column(c, manifest.column(c).take(order))
+    return table
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Plots and thumbnails
+
+
+def _png(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    FigureCanvasAgg(fig)  # attaches the Agg canvas: no pyplot, no GUI backend, no global state
+    fig.savefig(buffer, format="png", dpi=100)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _histogram_plot(data: ReportData) -> str:
+    hist = data.hist
+    fig = Figure(figsize=(6.0, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    if hist.n:
+        # Whole scale when the scores spread over it; zoomed to their range when they bunch up (e.g. a fresh model).
+        lo_bin, hi_bin = 0, len(hist.counts)
+        if hist.max - hist.min < 1.0:
+            pad = max(0.01, 0.1 * (hist.max - hist.min))
+            lo_bin = max(0, int((hist.min - pad - hist.lo) / BIN_WIDTH))
+            hi_bin = min(len(hist.counts), int((hist.max + pad - hist.lo) / BIN_WIDTH) + 1)
+        group = max(1, -(-(hi_bin - lo_bin) // 40))  # about 40 bars
+        counts = hist.counts[lo_bin:hi_bin]
+        counts = np.pad(counts, (0, -len(counts) % group)).reshape(-1, group).sum(axis=1)
+        left = hist.lo + (lo_bin + np.arange(len(counts)) * group) * BIN_WIDTH
+        width = group * BIN_WIDTH
+        colours = [
+            DROPPED_COLOUR if data.min_score is not None and x + width / 2 < data.min_score else KEPT_COLOUR
+            for x in left
+        ]
+        ax.bar(left, counts, width=width, align="edge", color=colours, edgecolor="white", linewidth=0.5)
+        if data.min_score is not None:
+            ax.axvline(data.min_score, color="black", linestyle="--", linewidth=1.2)
+            ax.annotate(
+                f"min-score {data.min_score:g}",
+                (data.min_score, 1),
+                xycoords=("data", "axes fraction"),
+                xytext=(4, -12),
+                textcoords="offset points",
+                fontsize=9,
+            )
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("score")
+    ax.set_ylabel("items")
+    ax.set_title(f"Score histogram ({hist.n} scored items)")
+    return _png(fig)
+
+
+def _bar_plot(labels: list[str], values: np.ndarray, title: str, ylabel: str, fmt: str) -> str:
+    fig = Figure(figsize=(6.0, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.bar(labels, values, color=KEPT_COLOUR)
+    ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=9)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.margins(y=0.15)
+    return _png(fig)
+
+
+def _thumbnail(item: Item) -> str | None:
+    """A JPEG data URI of the item (a video's middle sampled frame), THUMB_PX on the long side; None if unloadable."""
+    try:
+        media = load_media(item.uri, item.media_type, THUMB_MEDIA)
+    except MediaError:
+        return None
+    image = Image.fromarray(media.frames[len(media.frames) // 2])
+    image.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# HTML
+
+CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 24px 0 8px; }
+.meta { color: #666; font-size: 13px; }
+.grid { display: grid; grid-template-columns: repeat(2, 600px); gap: 16px; }
+table { border-collapse: collapse; font-size: 13px; }
+td, th { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.strip { display: flex; flex-wrap: wrap; gap: 10px; }
+.thumb { width: 160px; font-size: 11px; color: #444; overflow-wrap: anywhere; }
+.thumb img, .missing { width: 160px; height: 160px; object-fit: contain; background: #f2f2f2; display: block; }
+.missing { display: flex; align-items: center; justify-content: center; color: #999; }
+.score { font-weight: bold; font-size: 13px; color: #222; }
+.kept { color: #2a6fdb; font-weight: bold; } .dropped { color: #c8553d; font-weight: bold; }
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _strip(items: list[Item], min_score: float | None) -> str:
+    with ThreadPoolExecutor(max_workers=8) as pool:  # object-store reads overlap
+        thumbs = list(pool.map(_thumbnail, items))
+    cells = []
+    for item, uri in zip(items, thumbs):
+        picture = f'<img src="{uri}" alt="{_e(item.id)}">' if uri else '<div class="missing">unavailable</div>'
+        extras = " · ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in item.extras.items())
+        video = " (video, middle frame)" if item.media_type == "video" else ""
+        verdict = "" if min_score is None else (" kept" if item.score >= min_score else " dropped")
+        cells.append(
+            f'<div class="thumb">{picture}<div class="score{verdict}">{item.score:.3f}</div>'
+            f"<div>{_e(item.id)}{_e(video)}</div><div>{_e(extras)}</div></div>"
+        )
+    return f'<div class="strip">{"".join(cells)}</div>' if cells else "<p>No scored items.</p>"
+
+
+def render(data: ReportData, out_dir: str) -> str:
+    """Write `<out_dir>/index.html` and return its path (an absolute path for a local folder)."""
+    scored = max(data.scored, 1)
+    run = data.run or {}
+    facts = [
+        ["scores", data.scores],
+        ["model", f"{run.get('model', '?')} @ {run.get('model_revision', '?')}, task {run.get('task', '?')}"],
+        ["score shards (committed)", data.shards],
+        ["score rows", data.rows],
+        ["scored", data.scored],
+        ["errors", data.errors],
+        ["mean score", f"{data.hist.mean():.3f}" if data.hist.n else "-"],
+        ["median score", f"{data.hist.quantile(0.5):.3f}" if data.hist.n else "-"],
+    ]
+    if data.manifest:
+        facts[1:1] = [["manifest", data.manifest], ["manifest rows", data.manifest_rows]]
+        facts.append(["manifest rows without a score row", max(0, (data.manifest_rows or 0) - data.rows)])
+    threshold = ""
+    if data.min_score is not None:
+        dropped = data.scored - data.kept
+        threshold = (
+            f"<h2>Threshold: min-score {data.min_score:g}</h2><p>"
+            f'<span class="kept">kept {data.kept}</span> of {data.rows} rows '
+            f"({data.kept / max(data.rows, 1):.1%}); "
+            f'<span class="dropped">dropped {dropped + data.errors}</span>: '
+            f"{dropped} scored below {data.min_score:g}, {data.errors} with errors.</p>"
+        )
+    level_rows = []
+    for i, word in enumerate(data.words):
+        count = int(data.level_counts[i])
+        row = [word, count, f"{count / scored:.1%}", f"{data.prob_sums[i] / scored:.3f}"]
+        row.append(f"{data.level_score_sums[i] / count:.3f}" if count else "-")
+        if data.level_mos_counts.sum():
+            mos_n = data.level_mos_counts[i]
+            row.append(f"{data.level_mos_sums[i] / mos_n:.3f}" if mos_n else "-")
+        level_rows.append(row)
+    level_header = ["level (argmax)", "items", "share", "mean p(level)", "mean score"]
+    level_header += ["mean MOS"] if data.level_mos_counts.sum() else []
+    errors = sorted(data.errors_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
+    errors_html = _table(["kind", "rows"], [[k, v] for k, v in errors]) if errors else "<p>No errors.</p>"
+    histogram = _histogram_plot(data)
+    mean_probs = _bar_plot(data.words, data.prob_sums / scored, "Mean level probabilities", "probability", "{:.3f}")
+    per_level = _bar_plot(data.words, data.level_counts, "Items per level (argmax)", "items", "{:d}")
+
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>qcurate report</title><style>{CSS}</style></head>
+<body>
+<h1>qcurate report</h1>
+<div class="meta">{_e(data.scores)} · generated {_e(datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))}</div>
+<h2>Summary</h2>{_table(["", ""], facts)}
+{threshold}
+<div class="grid">
+<div><h2>Score histogram</h2><img id="histogram" src="{histogram}" alt="score histogram"></div>
+<div><h2>Mean level probabilities</h2><img id="levels" src="{mean_probs}" alt="mean level probabilities"></div>
+<div><h2>Per level (argmax)</h2><img id="argmax" src="{per_level}" alt="items per level">
+{_table(level_header, level_rows)}</div>
+<div><h2>Errors by kind</h2>{errors_html}</div>
+</div>
+<h2>Lowest scored ({len(data.lowest)})</h2>{_strip(data.lowest, data.min_score)}
+<h2>Highest scored ({len(data.highest)})</h2>{_strip(data.highest, data.min_score)}
+</body></html>
+"""
+    out = store.join(absolute(out_dir), "index.html")
+    store.write_text(out, page)
+    return out
+
+
+def write_report(
+    scores: str, out_dir: str, manifest: str | None = None, min_score: float | None = None, n_thumbs: int = 8
+) -> str:
+    """Collect and render the report of the score run `scores` into `out_dir`. Returns the HTML file's path."""
+    return render(collect(scores, manifest, n_thumbs, min_score), out_dir)
+
+
+def demo_tail(manifest: str, scores: str, out_dir: str) -> str:
+    """The demo's last step: filter the corpus at its median score and write the report. Returns the report path.
+
+    The median (rounded to 0.001) keeps about half the items whatever model scored them: the demo's tiny random
+    model gives scores in a narrow band, where a fixed threshold would keep all or nothing.
+    """
+    median = collect(scores, manifest, n_thumbs=0).hist.quantile(0.5)
+    threshold = None if median is None else round(median, 3)  # None: nothing was scored
+    run_filter(FilterConfig(manifest, scores, store.join(out_dir, "filtered"), min_score=threshold, overwrite=True))
+    return write_report(scores, store.join(out_dir, "report"), manifest=manifest, min_score=threshold)

@@ -1,0 +1,330 @@
+"""The scoring job end to end on a real Ray cluster: local files and S3, resume, kills, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import store
+from pipeline.corpus import build_sample_corpus
+from pipeline.job import JobConfig, JobError, run
+from pipeline.shards import write_manifest
+from schemas import SchemaError, validate_scores
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> list[dict]:
+    """The sample corpus (real photographs, real mp4s) plus bad items that must become error rows."""
+    root = tmp_path_factory.mktemp("corpus")
+    rows = build_sample_corpus(str(root), photos=("astronaut", "coffee", "chelsea"), n_videos=2)
+    empty = root / "empty.jpg"
+    empty.write_bytes(b"")
+    (root / "text.jpg").write_text("not an image")
+    extra = {"source": "bad", "distortion": "none", "level": 0, "mos": 1.0}
+    rows += [
+        {"id": "missing", "uri": str(root / "nope.jpg"), "media_type": "image", **extra},
+        {"id": "zero-bytes", "uri": str(empty), "media_type": "image", **extra},
+        {"id": "text-as-jpg", "uri": str(root / "text.jpg"), "media_type": "image", **extra},
+    ]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def many(corpus) -> list[dict]:
+    """The corpus three times over (fresh ids): enough work that a kill lands while most shards are pending."""
+    return [{**row, "id": f"{row['id']}#{i}"} for i in range(3) for row in corpus]
+
+
+def read_output(output: str) -> dict[str, list[dict]]:
+    fs, path = store.filesystem(output)
+    shards = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
+    return {store.basename(p): pq.read_table(p, filesystem=fs).to_pylist() for p in shards}
+
+
+def all_ids(output: str) -> list[str]:
+    return [row["id"] for rows in read_output(output).values() for row in rows]
+
+
+def config(manifest: str, output: str, model: str, **kw) -> JobConfig:
+    return JobConfig(manifest=manifest, output=output, model=model, batch_size=4, max_error_rate=0.5, **kw)
+
+
+def test_scores_every_row_once_and_resumes(ray_cluster, corpus, tiny_models, tmp_path):
+    manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
+    write_manifest(corpus, manifest, num_shards=3)
+    summary = run(config(manifest, output, tiny_models["llava"]))
+
+    shards = read_output(output)
+    assert sorted(shards) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    for name, rows in shards.items():
+        table = pq.read_table(Path(output) / name)
+        validate_scores(table, name)
+        manifest_ids = pq.read_table(Path(manifest) / name).column("id").to_pylist()
+        assert [r["id"] for r in rows] == manifest_ids  # same rows, same order
+        assert {"source", "distortion", "level", "mos"} <= set(table.column_names)  # extras carried through
+    rows = {r["id"]: r for rs in shards.values() for r in rs}
+    assert sorted(rows) == sorted(r["id"] for r in corpus)
+    errors = {i: r["error"].split(":")[0] for i, r in rows.items() if r["error"]}
+    assert errors == {"missing": "not_found", "zero-bytes": "empty", "text-as-jpg": "decode_error"}
+    for i, r in rows.items():
+        if i in errors:
+            assert r["score"] is None and r["p_good"] is None
+        else:
+            assert (
+                1 <= r["score"] <= 5
+                and abs(sum(r[f"p_{w}"] for w in ("excellent", "good", "fair", "poor", "bad")) - 1) < 1e-9
+            )
+            assert r["frames"] >= 1 and r["model"] == tiny_models["llava"] and r["model_revision"].startswith("sha256:")
+    videos = [r for r in rows.values() if r["media_type"] == "video"]
+    assert videos and all(r["frames"] > 1 for r in videos)
+
+    run_json = json.loads((Path(output) / "_run.json").read_text())
+    assert run_json["status"] == "done" and run_json["rows"] == len(corpus) and run_json["errors"] == 3
+    assert run_json["errors_by_kind"] == {"not_found": 1, "empty": 1, "decode_error": 1}
+    assert summary["this_run"]["shards"] == 3
+
+    # A rerun skips committed shards and rewrites nothing.
+    before = {p: p.stat().st_mtime_ns for p in Path(output).glob("*.parquet")}
+    again = run(config(manifest, output, tiny_models["llava"]))
+    assert again["this_run"]["shards"] == 0
+    assert before == {p: p.stat().st_mtime_ns for p in Path(output).glob("*.parquet")}
+
+    # A shard whose commit marker is missing (died between write and mark) is scored again, alone.
+    (Path(output) / "_committed" / "part-00001.parquet.json").unlink()
+    third = run(config(manifest, output, tiny_models["llava"]))
+    assert third["this_run"]["shards"] == 1 and sorted(all_ids(output)) == sorted(rows)
+    assert before[Path(output) / "part-00000.parquet"] == (Path(output) / "part-00000.parquet").stat().st_mtime_ns
+
+
+def test_refuses_to_mix_models_or_tasks(ray_cluster, corpus, tiny_models, tmp_path):
+    manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
+    write_manifest(corpus[:4], manifest, num_shards=1)
+    run(config(manifest, output, tiny_models["llava"]))
+    with pytest.raises(JobError, match="model=.*--restart"):
+        run(config(manifest, output, tiny_models["idefics3"]))
+    with pytest.raises(JobError, match="task="):
+        run(config(manifest, output, tiny_models["llava"], task="aesthetics"))
+    summary = run(config(manifest, output, tiny_models["idefics3"], restart=True))
+    assert summary["this_run"]["rows"] == 4
+    assert {r["model"] for r in read_output(output)["part-00000.parquet"]} == {tiny_models["idefics3"]}
+
+
+def test_bad_manifest_fails_before_any_scoring(ray_cluster, corpus, tiny_models, tmp_path):
+    manifest, output = tmp_path / "manifest", tmp_path / "scores"
+    write_manifest(corpus[:3], str(manifest), num_shards=1)
+    pq.write_table(pa.Table.from_pylist(corpus[:1]), manifest / "part-00001.parquet")  # an id in two shards
+    with pytest.raises(SchemaError) as err:
+        run(config(str(manifest), str(output), tiny_models["llava"]))
+    assert "part-00001.parquet" in str(err.value) and "'id'" in str(err.value)
+    assert not output.exists()
+
+    bad = pq.read_table(manifest / "part-00000.parquet").drop_columns(["media_type"])
+    pq.write_table(bad, manifest / "part-00000.parquet")
+    with pytest.raises(SchemaError, match="part-00000.parquet: column 'media_type': missing"):
+        run(config(str(manifest), str(output), tiny_models["llava"]))
+    assert not output.exists()
+
+
+def test_error_rate_fails_loudly_after_committing(ray_cluster, corpus, tiny_models, tmp_path):
+    manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
+    write_manifest(corpus[:3] + corpus[-3:], manifest, num_shards=2)  # half the rows are bad
+    with pytest.raises(JobError, match="error rate 50.0% over --max-error-rate 10.0%"):
+        run(
+            config(manifest, output, tiny_models["llava"]) | {}
+            if False
+            else JobConfig(manifest=manifest, output=output, model=tiny_models["llava"], max_error_rate=0.1)
+        )
+    assert sorted(all_ids(output)) == sorted(r["id"] for r in corpus[:3] + corpus[-3:])
+    assert json.loads((Path(output) / "_run.json").read_text())["status"] == "failed"
+
+
+def test_s3_manifest_media_and_output(ray_cluster, corpus, tiny_models, s3_bucket):
+    fs, bucket = s3_bucket
+    rows = []
+    for row in corpus[:4] + corpus[-4:]:  # images, a video, bad items
+        key = f"{bucket}/media/{Path(row['uri']).name}"
+        if Path(row["uri"]).exists():
+            fs.put_file(row["uri"], key)
+        rows.append({**row, "uri": f"s3://{key}"})
+    manifest, output = f"s3://{bucket}/manifests/ds", f"s3://{bucket}/scores/run1"
+    write_manifest(rows, manifest, num_shards=2)
+    run(config(manifest, output, tiny_models["llava"]))
+    assert sorted(all_ids(output)) == sorted(r["id"] for r in rows)
+    out = {r["id"]: r for rs in read_output(output).values() for r in rs}
+    assert out["missing"]["error"].startswith("not_found")
+    assert all(out[r["id"]]["score"] is not None for r in rows[:4])
+    assert fs.exists(f"{bucket}/scores/run1/_committed/part-00001.parquet.json")
+
+
+def job_cmd(manifest: str, output: str, model: str) -> list[str]:
+    return [
+        sys.executable,
+        str(REPO / "jobs" / "score_dataset.py"),
+        "--manifest",
+        manifest,
+        "--output",
+        output,
+        "--model",
+        model,
+        "--batch-size",
+        "2",
+        "--max-error-rate",
+        "0.5",
+    ]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.2)
+
+
+def committed(output: str) -> int:
+    return len(list((Path(output) / "_committed").glob("*.json"))) if (Path(output) / "_committed").exists() else 0
+
+
+def test_driver_killed_mid_run_then_rerun_gives_every_row_exactly_once(ray_cluster, many, tiny_models, tmp_path):
+    manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
+    rows = many
+    write_manifest(rows, manifest, num_shards=len(rows) // 2)
+    driver = subprocess.Popen(
+        job_cmd(manifest, output, tiny_models["llava"]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "RAY_ADDRESS": ray_cluster},
+    )
+    try:
+        wait_for(lambda: committed(output) >= 1 or driver.poll() is not None, 120, "no shard committed")
+        assert driver.poll() is None, "the job ended before it could be killed"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        driver.kill()
+    partial = committed(output)
+    assert 1 <= partial < len(rows) // 2
+    result = subprocess.run(
+        job_cmd(manifest, output, tiny_models["llava"]),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAY_ADDRESS": ray_cluster},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{partial} already committed" in result.stdout
+    ids = all_ids(output)
+    assert sorted(ids) == sorted(r["id"] for r in rows)  # every row exactly once: no loss, no duplicate
+
+
+def test_scorer_actor_killed_mid_run_is_restarted(ray_cluster, corpus, tiny_models, tmp_path):
+    from ray.util.state import list_actors
+
+    manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
+    write_manifest(corpus, manifest, num_shards=len(corpus) // 2)
+    driver = subprocess.Popen(
+        job_cmd(manifest, output, tiny_models["llava"]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": ray_cluster},
+    )
+    try:
+
+        def scorer_actors():
+            alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+            return [a for a in alive if "ScoreStage" in (a.repr_name or "")]
+
+        wait_for(lambda: scorer_actors() or driver.poll() is not None, 120, "no scorer actor found")
+        assert committed(output) < len(corpus) // 2, "the job ended before the actor could be killed"
+        victim = scorer_actors()[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        out, _ = driver.communicate(timeout=300)
+        assert committed(output) == len(corpus) // 2
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, out
+    assert "ActorDiedError" in out or "actor died" in out.lower() or "restart" in out.lower(), out
+    assert sorted(all_ids(output)) == sorted(r["id"] for r in corpus)
+
+
+def test_whole_cluster_stopped_mid_run_then_rerun(ray_cluster, many, tiny_models, tmp_path):
+    from conftest import start_cluster, stop_cluster
+
+    corpus = many
+    manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
+    write_manifest(corpus, manifest, num_shards=len(corpus) // 2)
+    doomed = Path(tempfile.mkdtemp(prefix="qray-"))
+    address, _ = start_cluster(doomed)
+    driver = subprocess.Popen(
+        job_cmd(manifest, output, tiny_models["llava"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RAY_ADDRESS": address},
+    )
+    try:
+        wait_for(lambda: committed(output) >= 1 or driver.poll() is not None, 180, "no shard committed")
+        assert driver.poll() is None, "the job ended before the cluster could be stopped"
+        driver.kill()  # the whole cluster: its driver first, then GCS, raylet and workers
+        stop_cluster(doomed)
+    finally:
+        driver.kill()
+        stop_cluster(doomed)
+    partial = committed(output)
+    assert 1 <= partial < len(corpus) // 2
+    summary = run(config(manifest, output, tiny_models["llava"]))  # rerun on the session's cluster
+    assert summary["this_run"]["shards"] == len(corpus) // 2 - partial
+    assert sorted(all_ids(output)) == sorted(r["id"] for r in corpus)
+
+
+def test_ray_job_submit_against_a_running_cluster(ray_cluster, corpus, tiny_models, tmp_path):
+    manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
+    write_manifest(corpus[:6], manifest, num_shards=2)
+    ray = str(Path(sys.executable).with_name("ray"))
+    cmd = [
+        ray,
+        "job",
+        "submit",
+        "--address",
+        os.environ["QCURATE_TEST_DASHBOARD"],
+        "--working-dir",
+        str(REPO),
+        "--",
+        "python",
+        "jobs/score_dataset.py",
+        "--manifest",
+        manifest,
+        "--output",
+        output,
+        "--model",
+        tiny_models["llava"],
+        "--batch-size",
+        "4",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "done: 6 rows in the output" in result.stdout
+    assert sorted(all_ids(output)) == sorted(r["id"] for r in corpus[:6])
+
+
+def test_empty_manifest_shard_gets_an_empty_committed_output(ray_cluster, corpus, tiny_models, tmp_path):
+    manifest, output = tmp_path / "manifest", str(tmp_path / "scores")
+    write_manifest(corpus[:2], str(manifest), num_shards=1)
+    empty = pq.read_table(manifest / "part-00000.parquet").slice(0, 0)
+    pq.write_table(empty, manifest / "part-00001.parquet")
+    run(config(str(manifest), output, tiny_models["llava"]))
+    shards = read_output(output)
+    assert len(shards["part-00000.parquet"]) == 2 and shards["part-00001.parquet"] == []
+    assert committed(output) == 2
