@@ -117,8 +117,10 @@ def assemble(shard: Shard, results: pa.Table | None, config: JobConfig, ref: reg
     """The output shard: the manifest's rows in their order, score columns first, extra columns carried through."""
     manifest = store.read_parquet(shard.url)
     if results is None:  # an empty manifest shard
-        schema = pa.schema([("id", pa.string()), ("frames", pa.int32()), ("error", pa.string())]
-                           + [(c, pa.float64()) for c in [*config.levels.columns, "score"]])
+        schema = pa.schema(
+            [("id", pa.string()), ("frames", pa.int32()), ("error", pa.string())]
+            + [(c, pa.float64()) for c in [*config.levels.columns, "score"]]
+        )
         results = schema.empty_table()
     order = pc.index_in(manifest.column("id"), results.column("id"))
     if order.null_count:
@@ -210,11 +212,13 @@ def run(config: JobConfig, log=print) -> dict:
 
     ray_start_s = init_ray()
     counts: Counter = Counter()
+    timing: dict[str, float] = {}
     t_score = time.perf_counter()
     for shard in [s for s in pending if s.num_rows == 0]:  # nothing to score: commit the empty shard now
         counts += _commit(shard, [], config, ref, output)
     if any(s.num_rows for s in pending):
-        counts += _score([s for s in pending if s.num_rows], config, ref, output, log)
+        scored, timing = _score([s for s in pending if s.num_rows], config, ref, output, log)
+        counts += scored
     scoring_s = time.perf_counter() - t_score
 
     markers = [store.read_json(output.marker_url(s.name)) for s in shards]
@@ -235,6 +239,7 @@ def run(config: JobConfig, log=print) -> dict:
             "scoring_s": round(scoring_s, 2),
             "ray_start_s": round(ray_start_s, 2),
             "rows_per_s": round(counts["rows"] / scoring_s, 2) if counts["rows"] else None,
+            **timing,
             "wall_s": round(time.perf_counter() - t0, 2),
         },
     }
@@ -256,7 +261,11 @@ def run(config: JobConfig, log=print) -> dict:
     return summary
 
 
-def _score(pending: list[Shard], config: JobConfig, ref: registry.ModelRef, output: Output, log) -> Counter:
+def _score(
+    pending: list[Shard], config: JobConfig, ref: registry.ModelRef, output: Output, log
+) -> tuple[Counter, dict[str, float]]:
+    """Run the pipeline over the pending shards, committing each as it completes. Returns counts and timings:
+    the time to the first scored rows (actor start-up and model load) and the steady rate after it."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
@@ -265,11 +274,12 @@ def _score(pending: list[Shard], config: JobConfig, ref: registry.ModelRef, outp
     gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 1)
     num_scorers = config.num_scorers or max(1, int(gpus / config.gpus_per_scorer))
     scorer_gpus = config.gpus_per_scorer if gpus else 0
-    # Logical CPUs: one stays free for Ray Data's file listing and reads (I/O). Decoders and CPU scorers take half a
-    # core each on small machines, so that list + read + decode + score always fit and the pipeline cannot stall.
+    # Logical CPUs. Ray Data's file listing takes a whole CPU at the start, and the decoder pool starts with one actor,
+    # so actors never starve the listing; reads are I/O (a quarter CPU). On small machines decoders and CPU scorers
+    # count as half a CPU each, so that read + decode + score always fit and the pipeline cannot stall.
     unit = 1.0 if cpus >= 8 else 0.5
     scorer_cpus = 1.0 if gpus else unit
-    decoders = max(1, int((cpus - 1 - num_scorers * scorer_cpus) / unit))
+    decoders = max(1, int((cpus - num_scorers * scorer_cpus - 0.25) / unit))
     options = MediaOptions(sample_fps=config.fps, max_frames=config.max_frames)
 
     fs, _ = store.arrow_filesystem(pending[0].url)
@@ -306,8 +316,11 @@ def _score(pending: list[Shard], config: JobConfig, ref: registry.ModelRef, outp
     parts: dict[str, list[pa.Table]] = defaultdict(list)
     seen: Counter = Counter()
     counts: Counter = Counter()
-    last_log, t0 = time.perf_counter(), time.perf_counter()
+    last_log = t0 = time.perf_counter()
+    t_first, rows_first = None, 0
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        if t_first is None:
+            t_first, rows_first = time.perf_counter(), block.num_rows
         for path in pc.unique(block.column("path")).to_pylist():
             part = block.filter(pc.equal(block.column("path"), path)).drop_columns(["path"])
             shard = by_path[path]
@@ -324,7 +337,12 @@ def _score(pending: list[Shard], config: JobConfig, ref: registry.ModelRef, outp
             )
     if parts:
         raise JobError(f"shards ended incomplete: {sorted(parts)} (rows seen {dict(seen)})")
-    return counts
+    steady_s = time.perf_counter() - t_first
+    steady_rows = sum(seen.values()) - rows_first
+    timing = {"first_result_s": round(t_first - t0, 2)}
+    if steady_rows and steady_s > 0:
+        timing["steady_rows_per_s"] = round(steady_rows / steady_s, 2)
+    return counts, timing
 
 
 def _commit(shard: Shard, parts: list[pa.Table], config: JobConfig, ref: registry.ModelRef, output: Output) -> Counter:

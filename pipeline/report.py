@@ -376,10 +376,9 @@ def write_report(
 def demo_tail(manifest: str, scores: str, out_dir: str) -> str:
     """The demo's last step: filter the corpus at its median score and write the report. Returns the report path.
 
-    The median (rounded to 0.001) keeps about half the items whatever model scored them: the demo's tiny random
-    model gives scores in a narrow band, where a fixed threshold would keep all or nothing.
+    The median keeps about half the items whatever model scored them: the demo's tiny random model gives scores in a
+    narrow band, where a fixed threshold would keep all or nothing.
     """
-    median = collect(scores, manifest, n_thumbs=0).hist.quantile(0.5)
-    threshold = None if median is None else round(median, 3)  # None: nothing was scored
+    threshold = collect(scores, manifest, n_thumbs=0).hist.quantile(0.5)  # None: nothing was scored
     run_filter(FilterConfig(manifest, scores, store.join(out_dir, "filtered"), min_score=threshold, overwrite=True))
     return write_report(scores, store.join(out_dir, "report"), manifest=manifest, min_score=threshold)
