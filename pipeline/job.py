@@ -289,11 +289,14 @@ def _score(
         ray.data.read_parquet(
             paths,
             filesystem=fs,
-            columns=["id", "uri", "media_type"],
             include_paths=True,
             partitioning=None,
             num_cpus=0.25,
         )
+        .select_columns(["id", "uri", "media_type", "path"])
+        # Small manifest files are read as one block; split into blocks of a few batches so that decoding and
+        # scoring overlap (streaming) and finished rows reach the driver, and its commits, early.
+        .repartition(target_num_rows_per_block=config.batch_size * 8)
         .map_batches(
             DecodeStage,
             fn_constructor_kwargs={**stage_args, "options": options},
