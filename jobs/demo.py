@@ -34,12 +34,10 @@ def print_scores(scores: str) -> None:
     table["argmax"] = table[levels].fillna(-1.0).idxmax(axis=1).str.removeprefix("p_")  # error rows: no level
     print(f"{'id':34s} {'type':5s} {'mos':>4s} {'score':>6s} {'argmax':>9s} {'frames':>6s}  error")
     for row in table.itertuples():
-        score = "" if row.error else f"{row.score:6.3f}"
-        level = "" if row.error else row.argmax
-        frames = "" if row.error else f"{int(row.frames)}"
-        print(
-            f"{row.id:34s} {row.media_type:5s} {row.mos:4.1f} {score:>6s} {level:>9s} {frames:>6s}  {row.error or ''}"
-        )
+        failed = isinstance(row.error, str)  # pandas shows a null error as NaN
+        score, level, frames = ("", "", "") if failed else (f"{row.score:6.4f}", row.argmax, f"{int(row.frames)}")
+        error = row.error[:60] if failed else ""
+        print(f"{row.id:34s} {row.media_type:5s} {row.mos:4.1f} {score:>6s} {level:>9s} {frames:>6s}  {error}")
 
 
 def main() -> None:
