@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-training clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) jobs/benchmark.py
+
+bench-training: $(STAMP)
+	$(PY) jobs/benchmark_training.py --adapters
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from pipeline.corpus import build_sample_corpus
+from pipeline.corpus import IMAGE_LONG_SIDE, build_sample_corpus
 from pipeline.job import JobConfig, init_ray, run
 from pipeline.media import load_media
 from pipeline.models.tiny import make_tiny_model
@@ -68,7 +68,7 @@ def main() -> None:
     model = args.model or str(make_tiny_model(args.family, work / "model"))
     photos = [r for r in build_sample_corpus(str(work / "corpus"), n_videos=0)]
     rows = [{**photos[i % len(photos)], "id": f"img-{i:06d}"} for i in range(args.images)]
-    print(f"benchmark: {len(rows)} images ({len(photos)} distinct photographs, ~512 px), model {model}")
+    print(f"benchmark: {len(rows)} images ({len(photos)} photographs, {IMAGE_LONG_SIDE} px), model {model}")
 
     scorer = Scorer(model, device=args.device)
     print(f"device {scorer.device}, dtype {scorer.dtype}, threads {torch.get_num_threads()}")

@@ -45,12 +45,14 @@ _VIDEO_SPECS = (
 
 
 def load_photo(name: str) -> np.ndarray:
-    """A scikit-image photograph as HxWx3 uint8 RGB."""
+    """A scikit-image photograph as HxWx3 uint8 RGB (grey ones with three equal channels)."""
     from skimage import data
 
-    image = getattr(data, name)()
+    image = np.asarray(getattr(data, name)())
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"skimage.data.{name} is not an RGB uint8 photo ({image.shape}, {image.dtype})")
+        raise ValueError(f"skimage.data.{name} is not a uint8 photograph ({image.shape}, {image.dtype})")
     return image
 
 

@@ -14,6 +14,7 @@ import torch
 from pipeline import models
 from pipeline.levels import DEFAULT_LEVELS, Levels
 from pipeline.media import Media
+from pipeline.visual_prompt import VisualPrompt
 
 TASKS = ("quality", "aesthetics")
 
@@ -112,6 +113,10 @@ class Scorer:
         ids = torch.tensor(self.preprocessor.level_ids, device=self.device)
         self.level_weight = head.weight[ids].detach().float()
         self.level_bias = head.bias[ids].detach().float() if head.bias is not None else None
+        # A visual-prompt version (pipeline.visual_prompt) is the frozen model plus a learned pixel border.
+        self.prompt = VisualPrompt.load(model_path)
+        if self.prompt is not None:
+            self.prompt.to(self.device).eval()
 
     @torch.inference_mode()
     def level_logits(self, prepared: list[dict[str, np.ndarray]]) -> torch.Tensor:
@@ -120,6 +125,8 @@ class Scorer:
         batch = {
             k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device) for k, v in batch.items()
         }
+        if self.prompt is not None:
+            batch["pixel_values"] = self.prompt(batch["pixel_values"].float()).to(self.dtype)
         hidden = self.family.last_hidden(self.model, batch).float()
         logits = hidden @ self.level_weight.T
         return logits if self.level_bias is None else logits + self.level_bias

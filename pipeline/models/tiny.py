@@ -33,7 +33,8 @@ SPECIAL = [
 WORDS = (
     """\n : ? . , ! ' - USER ASSISTANT User Assistant How What would you rate the quality aesthetics of this
 image video picture photo is are was Can evaluate Rate Please give your rating for judge I think it level overall its
-visual a an in and on to as be do how well""".split()
+visual a an in and on to as be do how well
+The about""".split()
     + ["\n"]
 )
 
@@ -86,7 +87,7 @@ def tiny_tokenizer(extra_words: tuple[str, ...] = DEFAULT_LEVELS.words) -> PreTr
     )
 
 
-def _llava(tokenizer: PreTrainedTokenizerFast):
+def _llava(tokenizer: PreTrainedTokenizerFast, vision: dict = VISION, text: dict = TEXT):
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -97,19 +98,19 @@ def _llava(tokenizer: PreTrainedTokenizerFast):
     )
 
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**VISION, projection_dim=32),
-        text_config=LlamaConfig(**TEXT, vocab_size=len(tokenizer)),
+        vision_config=CLIPVisionConfig(**vision, projection_dim=32),
+        text_config=LlamaConfig(**text, vocab_size=len(tokenizer)),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
-        image_seq_length=(VISION["image_size"] // VISION["patch_size"]) ** 2,
+        image_seq_length=(vision["image_size"] // vision["patch_size"]) ** 2,
     )
-    size = VISION["image_size"]
+    size = vision["image_size"]
     image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=VISION["patch_size"],
+        patch_size=vision["patch_size"],
         vision_feature_select_strategy="default",
         chat_template=LLAVA_TEMPLATE,
         num_additional_image_tokens=1,
@@ -117,7 +118,7 @@ def _llava(tokenizer: PreTrainedTokenizerFast):
     return LlavaForConditionalGeneration(config), processor
 
 
-def _idefics3(tokenizer: PreTrainedTokenizerFast):
+def _idefics3(tokenizer: PreTrainedTokenizerFast, vision: dict = VISION, text: dict = TEXT):
     from transformers import (
         Idefics3Config,
         Idefics3ForConditionalGeneration,
@@ -129,14 +130,14 @@ def _idefics3(tokenizer: PreTrainedTokenizerFast):
 
     scale = 2
     config = Idefics3Config(
-        vision_config=Idefics3VisionConfig(**VISION).to_dict(),
-        text_config=LlamaConfig(**TEXT, vocab_size=len(tokenizer)).to_dict(),
+        vision_config=Idefics3VisionConfig(**vision).to_dict(),
+        text_config=LlamaConfig(**text, vocab_size=len(tokenizer)).to_dict(),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         scale_factor=scale,
     )
-    edge = {"longest_edge": VISION["image_size"]}
+    edge = {"longest_edge": vision["image_size"]}
     image_processor = Idefics3ImageProcessor(do_image_splitting=False, size=edge, max_image_size=edge)
-    seq_len = (VISION["image_size"] // VISION["patch_size"]) ** 2 // scale**2
+    seq_len = (vision["image_size"] // vision["patch_size"]) ** 2 // scale**2
     processor = Idefics3Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -146,7 +147,10 @@ def _idefics3(tokenizer: PreTrainedTokenizerFast):
     return Idefics3ForConditionalGeneration(config), processor
 
 
-def _owl2(tokenizer: PreTrainedTokenizerFast):
+def _owl2(tokenizer: PreTrainedTokenizerFast, vision: dict = VISION, text: dict = TEXT):
+    # The owl2 tiny shapes are the golden ones (pipeline.models.owl2.tiny_config); only the defaults are supported.
+    if vision is not VISION or text is not TEXT:
+        raise ValueError("the tiny owl2 model has fixed (golden) shapes; vision/text overrides are for llava/idefics3")
     from transformers import CLIPImageProcessor
 
     from pipeline.models.owl2 import MPLUGOwl2LlamaForCausalLM, tiny_config
@@ -157,14 +161,25 @@ def _owl2(tokenizer: PreTrainedTokenizerFast):
     return MPLUGOwl2LlamaForCausalLM(config), (image_processor, tokenizer)
 
 
-def make_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random model of `family` to `out_dir` (config, safetensors, tokenizer, processor, template)."""
+def make_tiny_model(
+    family: str, out_dir: str | Path, seed: int = 0, vision: dict | None = None, text: dict | None = None
+) -> Path:
+    """Write a tiny random model of `family` to `out_dir` (config, safetensors, tokenizer, processor, template).
+
+    `vision` / `text` override fields of VISION / TEXT (llava and idefics3 only), e.g. a larger image size for
+    training experiments: `make_tiny_model("llava", out, vision={"image_size": 64})`. Without them, the defaults.
+    """
     builders = {"llava": _llava, "idefics3": _idefics3, "owl2": _owl2}
     if family not in builders:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     out = Path(out_dir)
     torch.manual_seed(seed)
-    model, processor = builders[family](tiny_tokenizer())
+    overrides = {}
+    if vision:
+        overrides["vision"] = {**VISION, **vision}
+    if text:
+        overrides["text"] = {**TEXT, **text}
+    model, processor = builders[family](tiny_tokenizer(), **overrides)
     model.save_pretrained(out, safe_serialization=True)
     for part in processor if isinstance(processor, tuple) else (processor,):
         part.save_pretrained(out)

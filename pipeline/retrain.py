@@ -1,0 +1,381 @@
+"""The retraining job: fold new MOS label shards into a registry entry's scorer, and promote it only if it is better.
+
+One run: plan from the label shards and the registry alone (what is new, what to start from, the run's identity);
+measure the starting model (and CURRENT) on the held-out split and on a sample of the training items; train on Ray
+Train (pipeline.training); write a new immutable version; measure it; move CURRENT to it only if its held-out SRCC
+beats CURRENT's (or the base model's). With nothing new, or a run that already finished, it does nothing.
+A killed run, rerun with the same arguments, has the same run id and resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import registry, store
+from pipeline.evaluation import evaluate_on_ray
+from pipeline.synthetic import write_label_shard
+from pipeline.training import EXPORT_DIR, Recipe, Scaling, fit
+from pipeline.visual_prompt import CONFIG as PROMPT_CONFIG
+from pipeline.visual_prompt import WEIGHTS as PROMPT_WEIGHTS
+from schemas import SchemaError, validate_labels
+
+# ------------------------------------------------------------------------------------------------------------
+# Label shards
+
+
+@dataclass
+class LabelShard:
+    url: str
+    digest: str  # sha256 of the shard's bytes: its identity in the registry's record of what was seen
+    table: pa.Table
+
+    def rows(self, split: str) -> list[dict]:
+        return [r for r in self.table.to_pylist() if r["split"] == split]
+
+
+def list_label_shards(labels: str) -> list[str]:
+    """Label shard URLs, sorted: every *.parquet under a folder (at any depth: labels/<batch>/part-*.parquet),
+    a glob, or one file."""
+    fs, path = store.filesystem(labels)
+    if any(c in path for c in "*?["):
+        paths = fs.glob(path)
+    elif store.retry(lambda: fs.isdir(path), f"stat {labels}"):
+        paths = [p for p in store.retry(lambda: fs.find(path), f"list {labels}") if p.endswith(".parquet")]
+    else:
+        paths = [path] if store.exists(labels) else []
+    if not paths:
+        raise FileNotFoundError(f"no label shards (*.parquet) found at {labels}")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return sorted(p if protocol in ("file", "local") else f"{protocol}://{p}" for p in paths)
+
+
+def read_label_shards(labels: str, eval_split: str = "eval") -> list[LabelShard]:
+    """Every shard under `labels`, validated (labels/v1), with ids unique and no item in both splits."""
+    shards = []
+    for url in list_label_shards(labels):
+        fs, path = store.filesystem(url)
+        data = store.retry(lambda fs=fs, path=path: fs.cat_file(path), f"read {url}")
+        table = pq.read_table(io.BytesIO(data))
+        validate_labels(table, url, splits=("train", eval_split))
+        shards.append(LabelShard(url, "sha256:" + hashlib.sha256(data).hexdigest(), table))
+    ids = pa.chunked_array([s.table.column("id").cast(pa.string()) for s in shards], type=pa.string())
+    counts = pc.value_counts(ids)
+    dupes = counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
+    if dupes:
+        raise SchemaError(labels, "id", f"{len(dupes)} id(s) appear in more than one label shard, e.g. {dupes[:3]}")
+    uris = {split: {r["uri"] for s in shards for r in s.rows(split)} for split in ("train", eval_split)}
+    leaked = sorted(uris["train"] & uris[eval_split])
+    if leaked:
+        raise SchemaError(
+            labels, "split", f"{len(leaked)} item(s) are in both 'train' and '{eval_split}', e.g. {leaked[:3]}"
+        )
+    return shards
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One retraining run: plan, evaluate before, train on Ray, write a version, evaluate after, promote or not
+
+
+@dataclass
+class RetrainConfig:
+    labels: str  # folder (or glob) of label shards, any fsspec URL
+    base_model: str  # model folder or hub id the entry's first version starts from
+    registry: str
+    name: str
+    recipe: Recipe = field(default_factory=Recipe)
+    scaling: Scaling = field(default_factory=Scaling)
+    eval_split: str = "eval"
+    all_labels: bool = False  # train on the training rows of every shard, not only the new shards'
+    fit_items: int = 1000  # at most this many training items are scored to measure the fit
+
+
+@dataclass
+class Plan:
+    entry: str
+    base: dict  # the lineage's root model: {"path", "revision"}
+    parent: dict  # what training starts from: {"path", "revision", "version" (None for the base model)}
+    current: str | None
+    shards: list[LabelShard]
+    new: list[str]  # shard URLs no version of the lineage has seen
+    train_urls: list[str]
+    run_id: str | None  # None: nothing to do
+    message: str
+
+
+@dataclass
+class Outcome:
+    status: str  # "nothing_new" | "promoted" | "not_promoted"
+    message: str
+    version: str | None = None
+    version_url: str | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+_STARTED = time.time()
+
+
+def log(message: str) -> None:
+    print(f"retrain: [{time.time() - _STARTED:6.1f}s] {message}", flush=True)
+
+
+def plan_run(config: RetrainConfig) -> Plan:
+    """What this run would do, from the label shards and the registry alone (no training, no Ray)."""
+    entry = registry.entry_url(config.registry, config.name)
+    repaired = registry.repair_current(entry)
+    if repaired:
+        log(f"CURRENT moved to {repaired}: a killed run had decided that promotion but not written it")
+    base_ref = registry.resolve(config.base_model)
+    base = {"path": base_ref.path, "revision": base_ref.revision}
+    parent = {**base, "version": None}
+    current = registry.current_version(entry)
+    notes = []
+    if current is not None:
+        record = registry.read_version(entry, current)
+        if record["base_model"]["path"] == base_ref.path:
+            parent = {"path": store.join(entry, current), "revision": f"{config.name}/{current}", "version": current}
+            base = record["base_model"]
+        else:
+            notes.append(
+                f"CURRENT ({current}) descends from {record['base_model']['path']}, not {base_ref.path}: "
+                "starting a new lineage from --base-model"
+            )
+    seen = registry.seen_shards(entry, parent["version"])
+    shards = read_label_shards(config.labels, config.eval_split)
+    new = [s.url for s in shards if seen.get(s.url) != s.digest]
+    seen_by = parent["version"] or "no version yet"
+
+    def nothing(message: str) -> Plan:
+        return Plan(entry, base, parent, current, shards, new, [], None, " ".join([*notes, message]))
+
+    if not new:
+        return nothing(f"nothing new: all {len(shards)} label shard(s) were already seen by {seen_by}")
+    train_urls = [s.url for s in shards] if config.all_labels else new
+    n_train = sum(len(s.rows("train")) for s in shards if s.url in train_urls)
+    if n_train == 0:
+        return nothing(f"nothing to train on: the {len(new)} new shard(s) hold no training rows")
+    identity = {
+        "parent": parent["revision"],
+        "train": {s.url: s.digest for s in shards if s.url in train_urls},
+        "new": {s.url: s.digest for s in shards if s.url in new},
+        "recipe": asdict(config.recipe),
+        "eval_split": config.eval_split,
+    }
+    run_id = "run-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    done = registry.find_run(entry, run_id)
+    if done is not None:
+        reason = registry.read_version(entry, done).get("promotion", {}).get("reason", "")
+        return nothing(f"nothing new: this exact run already produced {done} ({reason})")
+    message = f"{len(new)} new label shard(s); training on {n_train} item(s) from {len(train_urls)} shard(s)"
+    return Plan(entry, base, parent, current, shards, new, train_urls, run_id, " ".join([*notes, message]))
+
+
+def _fit_sample(rows: list[dict], limit: int) -> list[dict]:
+    """A fixed sample of the training rows (by a hash of the id), to measure the fit on."""
+    ranked = sorted(rows, key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
+    return ranked[:limit]
+
+
+# Files a version takes from its parent: everything but the weights (which training replaced) and the registry's
+# own records. A visual-prompt version keeps the parent's (frozen) weights too.
+_REGISTRY_FILES = (
+    registry.VERSION_FILE,
+    registry.METRICS_FILE,
+    ".complete",
+    PROMPT_WEIGHTS,
+    PROMPT_CONFIG,
+)
+_WEIGHT_FILES = ("config.json", "generation_config.json")
+
+
+def stage_version(parent_path: str, export: str, method: str, out: str) -> None:
+    """A complete model folder in `out`: the parent's tokenizer/processor files, then the trained artifact."""
+    parent = registry.local_path(parent_path)
+    for name in sorted(os.listdir(parent)):
+        source = os.path.join(parent, name)
+        is_weights = name.endswith((".safetensors", ".safetensors.index.json")) or name in _WEIGHT_FILES
+        if not os.path.isfile(source) or name in _REGISTRY_FILES or (is_weights and method != "visual-prompt"):
+            continue
+        shutil.copy2(source, os.path.join(out, name))
+    for name in os.listdir(export):
+        shutil.copy2(os.path.join(export, name), os.path.join(out, name))
+
+
+def _ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, logging_level="WARNING")
+
+
+def retrain(config: RetrainConfig) -> Outcome:
+    """The whole job. Idempotent: with no new label shards (or a run that already finished) it does nothing."""
+    plan = plan_run(config)
+    log(plan.message)
+    if plan.run_id is None:
+        return Outcome("nothing_new", plan.message)
+    recipe, scaling = config.recipe, config.scaling
+    train_rows = [r for s in plan.shards if s.url in plan.train_urls for r in s.rows("train")]
+    eval_rows = [r for s in plan.shards for r in s.rows(config.eval_split)]
+    splits = {"held_out": eval_rows, "train": _fit_sample(train_rows, config.fit_items)}
+    crops = {"train": recipe.crop}  # fit is measured on centre crops when training crops; held-out never is
+    _ensure_ray()
+
+    rate = {"parent": plan.parent["path"]}
+    if plan.current is not None and plan.current != plan.parent["version"]:
+        rate["current"] = store.join(plan.entry, plan.current)
+    log(f"measuring {', '.join(rate)} on {len(eval_rows)} held-out and {len(splits['train'])} training item(s)")
+    before = evaluate_on_ray(rate, splits, crops, scaling.use_gpu)
+
+    log(f"training ({recipe.method}, {recipe.epochs} epoch(s), {scaling.num_workers} worker(s)) as {plan.run_id}")
+    runs = registry.runs_url(plan.entry)
+    result = fit(recipe, scaling, plan.parent["path"], plan.train_urls, len(train_rows), runs, plan.run_id)
+    history = result.metrics.get("history", [])
+    resumed = int(result.metrics.get("start_epoch", 0))
+    if resumed:
+        log(f"resumed from the checkpoint of epoch {resumed - 1}: trained epochs {resumed}..{recipe.epochs - 1} only")
+
+    version = registry.next_version_name(plan.entry)
+    with tempfile.TemporaryDirectory() as staging, result.checkpoint.as_directory() as checkpoint:
+        export = os.path.join(checkpoint, EXPORT_DIR)
+        if not os.path.isdir(export):
+            raise RuntimeError(f"the run's last checkpoint has no {EXPORT_DIR}/: training did not finish")
+        stage_version(plan.parent["path"], export, recipe.method, staging)
+        version_url = registry.upload_version(plan.entry, version, staging)
+    log(f"wrote {version_url}; measuring it")
+    after = evaluate_on_ray({"new": version_url}, splits, crops, scaling.use_gpu)["new"]
+
+    reference_name = "current" if "current" in rate else "parent"
+    reference = before[reference_name]
+    compared_with = plan.current or f"the base model {plan.base['path']}"
+    promotion = decide(after, reference, compared_with, plan, registry.current_version(plan.entry))
+    metrics = {
+        "held_out": {
+            "before": before["parent"].get("held_out"),
+            "after": after.get("held_out"),
+            **({"current": before["current"].get("held_out")} if "current" in before else {}),
+        },
+        "train": {"before": before["parent"].get("train"), "after": after.get("train"), "crop": recipe.crop},
+        "training": history,
+    }
+    seen = {**registry.seen_shards(plan.entry, plan.parent["version"])}
+    seen.update({s.url: s.digest for s in plan.shards if s.url in plan.new or s.url in plan.train_urls})
+    record = {
+        "version": version,
+        "name": config.name,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "base_model": plan.base,
+        "parent": plan.parent,
+        "method": recipe.method,
+        "recipe": asdict(recipe),
+        "eval_split": config.eval_split,
+        "label_shards": [
+            {
+                "url": s.url,
+                "digest": s.digest,
+                "trained_on": s.url in plan.train_urls,
+                "train_rows": len(s.rows("train")),
+                "held_out_rows": len(s.rows(config.eval_split)),
+            }
+            for s in plan.shards
+        ],
+        "seen_shards": seen,
+        "run": {
+            "id": plan.run_id,
+            "resumed_from_epoch": resumed,
+            "workers": scaling.num_workers,
+            "use_gpu": scaling.use_gpu,
+        },
+        "promotion": promotion,
+        "code_version": _code_version(),
+    }
+    registry.finish_version(plan.entry, version, metrics, record)
+    if promotion["promoted"]:
+        registry.set_current(plan.entry, version)
+    registry.remove_run(plan.entry, plan.run_id)
+    log(("promoted: " if promotion["promoted"] else "not promoted: ") + promotion["reason"])
+    status = "promoted" if promotion["promoted"] else "not_promoted"
+    return Outcome(status, promotion["reason"], version, version_url, metrics)
+
+
+def decide(after: dict, reference: dict, compared_with: str, plan: Plan, current_now: str | None) -> dict:
+    """Promote only when the held-out SRCC beats the current version's (or, with none, the base model's)."""
+    new, old = after.get("held_out"), reference.get("held_out")
+    out = {"promoted": False, "compared_with": compared_with}
+    if not new or not new["n"]:
+        return {**out, "reason": "no held-out items could be scored, so there is nothing to compare"}
+    out.update(srcc=new["srcc"], reference_srcc=old["srcc"])
+    if current_now != plan.current:
+        return {**out, "reason": f"CURRENT moved from {plan.current} to {current_now} during this run"}
+    comparison = f"held-out SRCC {new['srcc']:.4f} vs {old['srcc']:.4f} of {compared_with}"
+    if new["srcc"] > old["srcc"]:
+        return {**out, "promoted": True, "reason": f"{comparison}: better"}
+    return {**out, "reason": f"{comparison}: not better"}
+
+
+def _code_version() -> str:
+    from pipeline.job import code_version
+
+    return code_version()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The demo's short run
+
+
+def demo_retrain(corpus_rows: list[dict], workdir: str, base_model: str) -> dict:
+    """Teach `base_model` the sample corpus's synthetic MOS in a short run on local Ray; promote it only if better.
+
+    The last third of the photographs (with their videos) is held out whole. Returns the registry entry, the model to
+    score with, the outcome, and SRCC before and after on training and held-out items.
+    """
+    # Corpus order: photographs get the distortion kinds in turn, so the held-out ones carry kinds that training also
+    # shows (on other content).
+    sources = list(dict.fromkeys(r["source"] for r in corpus_rows))
+    held_out = sources[-max(1, len(sources) // 3) :]
+    rows = [
+        {
+            "id": r["id"],
+            "uri": r["uri"],
+            "media_type": r["media_type"],
+            "task": "quality",
+            "mos": float(r["mos"]),
+            "scale_min": 1.0,
+            "scale_max": 5.0,
+            "split": "eval" if r["source"] in held_out else "train",
+        }
+        for r in corpus_rows
+    ]
+    labels = store.join(workdir, "labels")
+    write_label_shard(rows, store.join(labels, "batch-0001", "part-00000.parquet"))
+    # A short run (about a minute on 2 cores): the tiny model fits little and transfers less; see the README.
+    recipe = Recipe(method="full", epochs=10, lr=2e-3, batch_size=8, hflip=True, views=8)
+    scaling = Scaling(num_workers=2, cpus_per_worker=0.5, data_cpus=0.5, data_actors=1)
+    config = RetrainConfig(labels, base_model, store.join(workdir, "registry"), "demo", recipe, scaling)
+    outcome = retrain(config)
+    entry = registry.entry_url(config.registry, config.name)
+    held, train = outcome.metrics["held_out"], outcome.metrics["train"]
+    return {
+        "entry": entry,
+        # Score with the entry (its CURRENT) when promoted; else with the new version by path, to show it at work.
+        "model": entry if outcome.status == "promoted" else outcome.version_url,
+        "outcome": outcome,
+        "held_out_photos": held_out,
+        "n_train": sum(r["split"] == "train" for r in rows),
+        "n_held_out": sum(r["split"] == "eval" for r in rows),
+        "srcc": {
+            "train": (train["before"]["srcc"], train["after"]["srcc"]),
+            "held_out": (held["before"]["srcc"], held["after"]["srcc"]),
+        },
+    }

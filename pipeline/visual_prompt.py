@@ -1,0 +1,102 @@
+"""Pixel-space visual prompts: a learnable border added to every image of a completely frozen model.
+
+The `visual-prompt` training method (shared/reference/visual-prompt-adaptation-readme.md): a padding prompt of P
+pixels around the model's input square, bounded to [-1, 1] by tanh, added to the image in [0, 1] pixel space, the
+sum clamped to [0, 1], and only then normalised. The model's processor has already resized and normalised the image,
+so the prompt undoes the (affine) normalisation, adds itself, and normalises again: the same `prepare` path as the
+scorer, with the prompt as one extra step on the pixel tensor.
+
+Saved as its own small artifact (visual_prompt.safetensors + visual_prompt.json) beside the frozen model's files;
+the Scorer applies it whenever a model folder has one, so the scoring job runs such a version as it was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHTS = "visual_prompt.safetensors"
+CONFIG = "visual_prompt.json"
+
+
+def image_geometry(processor: Any) -> tuple[int, list[float], list[float]]:
+    """(side, mean, std) of a processor that makes fixed-size square CLIP-style inputs; an error otherwise."""
+    ip = getattr(processor, "image_processor", None)
+    crop = getattr(ip, "crop_size", None) if ip is not None else None
+    if ip is None or not getattr(ip, "do_center_crop", False) or not crop or crop.get("height") != crop.get("width"):
+        raise ValueError(
+            "the visual-prompt method needs a processor that makes fixed-size square images (CLIP-style: LLaVA, "
+            f"mPLUG-Owl2); got {type(ip).__name__}"
+        )
+    if not getattr(ip, "do_normalize", False) or abs(getattr(ip, "rescale_factor", 0) - 1 / 255) > 1e-9:
+        raise ValueError("the visual-prompt method needs an image processor that rescales by 1/255 and normalises")
+    return int(crop["height"]), [float(m) for m in ip.image_mean], [float(s) for s in ip.image_std]
+
+
+class VisualPrompt(nn.Module):
+    """A border of `pixels` pixels around a `side` x `side` image: 3 * (side^2 - (side - 2 pixels)^2) parameters."""
+
+    def __init__(self, side: int, pixels: int, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        if not 0 < 2 * pixels < side:
+            raise ValueError(f"a border of {pixels} px does not fit a {side} px image (need 0 < 2 * pixels < side)")
+        self.side, self.pixels = side, pixels
+        inner = side - 2 * pixels
+        # Zeros: tanh(0) = 0, so an untrained prompt leaves the model exactly as it was.
+        self.top = nn.Parameter(torch.zeros(3, pixels, side))
+        self.bottom = nn.Parameter(torch.zeros(3, pixels, side))
+        self.left = nn.Parameter(torch.zeros(3, inner, pixels))
+        self.right = nn.Parameter(torch.zeros(3, inner, pixels))
+        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
+
+    def delta(self) -> torch.Tensor:
+        """The prompt as a [3, side, side] image in [-1, 1], zero inside the border."""
+        inner = self.side - 2 * self.pixels
+        hole = self.top.new_zeros(3, inner, inner)
+        middle = torch.cat([self.left, hole, self.right], dim=2)
+        return torch.tanh(torch.cat([self.top, middle, self.bottom], dim=1))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels [..., 3, side, side] -> normalised pixels of the prompted images."""
+        if pixel_values.shape[-3:] != (3, self.side, self.side):
+            raise ValueError(f"the prompt is for [3, {self.side}, {self.side}] images, got {tuple(pixel_values.shape)}")
+        mean, std = self.mean.to(pixel_values), self.std.to(pixel_values)
+        images = pixel_values * std + mean  # back to [0, 1] pixel space
+        prompted = (images + self.delta().to(pixel_values)).clamp(0.0, 1.0)
+        return (prompted - mean) / std
+
+    def save(self, folder: str, extra: dict | None = None) -> None:
+        os.makedirs(folder, exist_ok=True)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, os.path.join(folder, WEIGHTS)
+        )
+        config = {
+            "kind": "padding",
+            "mode": "add",
+            "bound": "tanh",
+            "side": self.side,
+            "pixels": self.pixels,
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+            "parameters": sum(p.numel() for p in self.parameters()),
+            **(extra or {}),
+        }
+        with open(os.path.join(folder, CONFIG), "w") as f:
+            json.dump(config, f, indent=2)
+
+    @classmethod
+    def load(cls, folder: str) -> VisualPrompt | None:
+        """The prompt saved in a local `folder`, or None when the folder has none."""
+        if not os.path.exists(os.path.join(folder, CONFIG)):
+            return None
+        with open(os.path.join(folder, CONFIG)) as f:
+            config = json.load(f)
+        prompt = cls(config["side"], config["pixels"], config["mean"], config["std"])
+        prompt.load_state_dict(load_file(os.path.join(folder, WEIGHTS)))
+        return prompt

@@ -1,0 +1,485 @@
+"""Retraining: the label schema, the Q-Align syllabus and objective (checked against the models' own losses and the
+scorer's own logits), the three methods, and the Ray Train job end to end on the session cluster: versions,
+promotion, idempotent reruns, and a killed driver resuming from its last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from skimage import data
+
+from pipeline import models, registry, store
+from pipeline.corpus import load_photo, pan_zoom_frames, write_video
+from pipeline.evaluation import correlations, predict
+from pipeline.media import Media
+from pipeline.retrain import Plan, decide
+from pipeline.scorer import Scorer, prompt_for
+from pipeline.syllabus import Syllabus, answer_sentence, level_target, questions
+from pipeline.synthetic import build_learning_set, write_label_shard
+from pipeline.training import QAlignObjective, Recipe, collate_examples, setup_method
+from pipeline.visual_prompt import VisualPrompt, image_geometry
+from schemas import LABELS_V1, SchemaError, validate_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = ["llava", "idefics3", "owl2"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Label shards
+
+
+def labels_table(**overrides) -> pa.Table:
+    rows = {
+        "id": ["a", "b", "c"],
+        "uri": ["/x/a.png", "/x/b.png", "/x/c.mp4"],
+        "media_type": ["image", "image", "video"],
+        "task": ["quality", "aesthetics", "quality"],
+        "mos": [1.0, 55.0, 4.2],
+        "scale_min": [1.0, 0.0, 1.0],
+        "scale_max": [5.0, 100.0, 5.0],
+        "split": ["train", "eval", "train"],
+        "mos_std": [0.5, None, 0.3],
+    }
+    rows.update(overrides)
+    return pa.table(rows)
+
+
+def test_label_schema_accepts_valid_shards():
+    validate_labels(labels_table(), "good.parquet")
+    validate_labels(labels_table().drop(["mos_std"]), "no-std.parquet")  # mos_std is optional
+    assert LABELS_V1.metadata[b"qcurate.schema"] == b"labels/v1"
+
+
+@pytest.mark.parametrize(
+    "overrides, column, problem",
+    [
+        ({"mos": ["1", "2", "3"]}, "mos", "type"),
+        ({"split": ["train", "test", "train"]}, "split", "not one of"),
+        ({"mos": [0.5, 55.0, 4.2]}, "mos", "outside"),
+        ({"scale_max": [1.0, 100.0, 5.0]}, "scale_max", "scale_max <= scale_min"),
+        ({"task": ["quality", "aesthetics", "aesthetics"]}, "task", "video"),
+        ({"media_type": ["image", "audio", "video"]}, "media_type", "not one of"),
+        ({"id": ["a", "a", "c"]}, "id", "duplicate"),
+        ({"mos_std": [0.5, -1.0, 0.3]}, "mos_std", "negative"),
+        ({"mos": [1.0, float("nan"), 4.2]}, "mos", "non-finite"),
+    ],
+)
+def test_label_schema_names_the_bad_column(overrides, column, problem):
+    with pytest.raises(SchemaError, match=problem) as err:
+        validate_labels(labels_table(**overrides), "bad.parquet")
+    assert err.value.column == column and "bad.parquet" in str(err.value)
+
+
+def test_label_schema_missing_column_and_custom_eval_split():
+    with pytest.raises(SchemaError, match="missing") as err:
+        validate_labels(labels_table().drop(["scale_max"]), "s")
+    assert err.value.column == "scale_max"
+    validate_labels(labels_table(split=["train", "test", "train"]), "s", splits=("train", "test"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The syllabus
+
+
+def test_level_targets_follow_eq1_and_the_rating_spread():
+    for mos, level in [(5.0, 0), (4.21, 0), (4.2, 1), (3.0, 2), (1.81, 3), (1.8, 4), (1.0, 4)]:
+        target = level_target(mos, 1.0, 5.0)
+        assert target.tolist() == np.eye(5)[level].tolist(), mos
+    soft = level_target(3.0, 1.0, 5.0, mos_std=0.5, soft=True)
+    assert soft.sum() == pytest.approx(1.0) and soft.argmax() == 2
+    assert soft[1] == pytest.approx(soft[3]) and soft[1] > 0.05  # symmetric spread to good and poor
+    assert level_target(3.0, 1.0, 5.0, mos_std=1e-6, soft=True).tolist() == np.eye(5)[2].tolist()
+    assert level_target(3.0, 1.0, 5.0, mos_std=None, soft=True).tolist() == np.eye(5)[2].tolist()
+    wide = level_target(55.0, 0.0, 100.0, mos_std=15.0, soft=True)  # any scale
+    assert wide.argmax() == 2 and wide[1] > wide[3]  # 55 lies above the middle of "fair"
+
+
+def test_questions_start_with_the_scorers_prompt():
+    for task, media in [("quality", "image"), ("aesthetics", "image"), ("quality", "video")]:
+        assert questions(task, media)[0] == prompt_for(task, media).question
+        assert len(set(questions(task, media))) == len(questions(task, media)) >= 4
+    assert answer_sentence("quality", "video", "good") == "The quality of the video is good."
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_setup(request, tiny_models):
+    path = tiny_models[request.param]
+    family = models.family(path)
+    processor = family.load_processor(path)
+    return request.param, path, family, processor, Syllabus(family, processor)
+
+
+def photo(name: str) -> list[np.ndarray]:
+    return [getattr(data, name)()]
+
+
+def examples_for(syllabus: Syllabus) -> list[dict]:
+    out = [
+        syllabus.example(photo(name), "image", "quality", level_target(mos, 1, 5), questions("quality", "image")[q])
+        for q, (name, mos) in enumerate([("astronaut", 1.2), ("coffee", 4.6), ("chelsea", 3.1)])
+    ]
+    video = [data.astronaut()[:300, :300], data.astronaut()[100:400, 100:400]]
+    out.append(syllabus.example(video, "video", "quality", level_target(2.2, 1, 5), questions("quality", "video")[3]))
+    return out
+
+
+def test_training_input_is_the_scoring_input_plus_the_answer(family_setup):
+    name, path, family, processor, syllabus = family_setup
+    tokenizer = family.tokenizer_of(processor)
+    example = examples_for(syllabus)[1]  # coffee, MOS 4.6: "excellent"
+    answer = tokenizer.convert_ids_to_tokens(example["input_ids"][-int(example["n_answer"]) :].tolist())
+    assert [t.lstrip("▁") for t in answer] == ["The", "quality", "of", "the", "image", "is", "excellent", "."]
+    assert int(example["level_from_end"]) == 1
+    # the scorer's own input for the reference question is exactly the training input up to the level word
+    reference = prompt_for("quality", "image")
+    scoring = family.prepare(processor, photo("coffee"), reference.question, reference.answer_prefix)
+    training = syllabus.example(photo("coffee"), "image", "quality", level_target(4.6, 1, 5), reference.question)
+    n = len(scoring["input_ids"])
+    assert np.array_equal(training["input_ids"][:n], scoring["input_ids"])
+    assert training["input_ids"][n] == syllabus.level_ids("quality", "image")[0]
+    np.testing.assert_array_equal(training["pixel_values"], scoring["pixel_values"])
+
+
+def test_objective_equals_the_models_own_answer_only_loss(family_setup):
+    name, path, family, processor, syllabus = family_setup
+    model = family.load_model(path, torch.float32, "cpu")
+    examples = examples_for(syllabus)
+    reference = prompt_for("quality", "image")
+    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    inputs, meta = collate_examples(family, examples, image_major, family.tokenizer_of(processor).pad_token_id)
+    objective = QAlignObjective(model, family, syllabus.level_ids("quality", "image"))
+    with torch.no_grad():
+        loss, level_logits = objective(inputs, meta)
+        # the model's own loss with labels = input ids on the answer tokens only, -100 elsewhere
+        labels = torch.full_like(inputs["input_ids"], -100)
+        for b, e in enumerate(examples):
+            n, k = len(e["input_ids"]), int(e["n_answer"])
+            labels[b, n - k : n] = inputs["input_ids"][b, n - k : n]
+        if name == "owl2":
+            images = list(torch.split(inputs["pixel_values"], inputs["frame_counts"].tolist()))
+            own = model(inputs["input_ids"], images, inputs["attention_mask"], labels=labels).loss
+        else:
+            own = model(**inputs, labels=labels).loss
+    torch.testing.assert_close(loss, own, atol=1e-5, rtol=1e-5)
+    # the level word is read where the scorer reads it: the logits equal the scorer's on the scoring input
+    scorer = Scorer(path)
+    media = Media(photo("astronaut"), "image", None, [0], 1)
+    with torch.no_grad():
+        solo_inputs, solo_meta = collate_examples(family, examples[:1], image_major, 0)
+        _, solo_level = objective(solo_inputs, solo_meta)
+    torch.testing.assert_close(solo_level, scorer.level_logits([scorer.preprocessor(media)]), atol=1e-4, rtol=1e-4)
+    assert level_logits.shape == (4, 5)
+
+
+def test_soft_targets_change_only_the_level_term(tiny_models):
+    path = tiny_models["llava"]
+    family = models.family(path)
+    processor = family.load_processor(path)
+    syllabus = Syllabus(family, processor)
+    model = family.load_model(path, torch.float32, "cpu")
+    objective = QAlignObjective(model, family, syllabus.level_ids("quality", "image"))
+    reference = prompt_for("quality", "image")
+    example = syllabus.example(photo("rocket"), "image", "quality", level_target(3.0, 1, 5), reference.question)
+    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    inputs, meta = collate_examples(family, [example], image_major, 0)
+    with torch.no_grad():
+        hard, logits = objective(inputs, meta)
+        soft_target = torch.tensor([[0.0, 0.25, 0.5, 0.25, 0.0]])
+        soft, _ = objective(inputs, {**meta, "target": soft_target})
+        # the level word at L - 1 - level_from_end is predicted from the position before it
+        hidden = objective.model.model(**inputs).last_hidden_state[0, -2 - int(example["level_from_end"])]
+        logp = torch.log_softmax(objective.model.get_output_embeddings()(hidden), -1)[objective.level_ids]
+    n = int(example["n_answer"])
+    expected = hard + (-(soft_target[0] * logp).sum() - (-logp[2])) / n
+    torch.testing.assert_close(soft, expected, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Visual prompts
+
+
+def test_visual_prompt_border_bounds_and_artifact(tiny_models, tmp_path):
+    processor = models.family(tiny_models["llava"]).load_processor(tiny_models["llava"])
+    side, mean, std = image_geometry(processor)
+    prompt = VisualPrompt(side, 4, mean, std)
+    assert sum(p.numel() for p in prompt.parameters()) == 3 * (side**2 - (side - 8) ** 2)
+    pixels = (torch.rand(2, 3, side, side) - prompt.mean) / prompt.std  # normalised images, as processors make
+    torch.testing.assert_close(prompt(pixels), pixels, atol=1e-5, rtol=0)  # untrained: the image is unchanged
+    with torch.no_grad():
+        for p in prompt.parameters():
+            p.fill_(50.0)  # tanh-bounded: at most +1 in [0, 1] pixel space
+    delta = prompt.delta()
+    assert delta.max() <= 1.0 and delta[:, 4:-4, 4:-4].abs().max() == 0  # the inside is untouched
+    out = prompt(pixels)
+    torch.testing.assert_close(out[..., 4:-4, 4:-4], pixels[..., 4:-4, 4:-4], atol=1e-5, rtol=0)
+    assert torch.allclose(out[..., 0, :], ((1 - prompt.mean) / prompt.std).squeeze(-1).expand(2, 3, side))
+    prompt.save(str(tmp_path))
+    loaded = VisualPrompt.load(str(tmp_path))
+    torch.testing.assert_close(loaded(pixels), out)
+    assert json.loads((tmp_path / "visual_prompt.json").read_text())["parameters"] == 3 * (side**2 - (side - 8) ** 2)
+    assert VisualPrompt.load(str(tmp_path / "none")) is None
+    with pytest.raises(ValueError, match="does not fit"):
+        VisualPrompt(side, side // 2, mean, std)
+
+
+def test_visual_prompt_needs_a_fixed_square_processor(tiny_models):
+    owl2 = models.family(tiny_models["owl2"]).load_processor(tiny_models["owl2"])
+    assert image_geometry(owl2)[0] == 56  # the Q-Align models' CLIP input (448 in the real checkpoints)
+    processor = models.family(tiny_models["idefics3"]).load_processor(tiny_models["idefics3"])
+    with pytest.raises(ValueError, match="fixed-size square"):
+        image_geometry(processor)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Methods: each one lowers the loss and raises the training SRCC, and exports what the scorer then uses
+
+
+@pytest.fixture(scope="module")
+def small_train_rows(tmp_path_factory) -> list[dict]:
+    """Nine 32 px training items of one photograph: pristine, and noise and pixelation at levels 1..4."""
+    rows = build_learning_set(
+        str(tmp_path_factory.mktemp("media")),
+        train_photos=("astronaut",),
+        eval_photos=("coffee",),
+        train_sides=(32,),
+        eval_crops=1,
+    )
+    return [r for r in rows if r["split"] == "train" and r["distortion"] in ("none", "noise", "pixelate")]
+
+
+def training_batch(path: str, rows: list[dict]):
+    from pipeline.media import load_media
+
+    family = models.family(path)
+    processor = family.load_processor(path)
+    syllabus = Syllabus(family, processor)
+    examples = [
+        syllabus.example(load_media(r["uri"], "image").frames, "image", "quality", level_target(r["mos"], 1, 5), q)
+        for r in rows
+        for q in questions("quality", "image")[:2]
+    ]
+    reference = prompt_for("quality", "image")
+    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    return family, processor, syllabus, collate_examples(family, examples, image_major, 0)
+
+
+def copy_model_files(source: str, target: Path, weights: bool) -> None:
+    target.mkdir(exist_ok=True)
+    for f in os.listdir(source):
+        if weights or (not f.endswith(".safetensors") and f != "config.json"):
+            (target / f).write_bytes((Path(source) / f).read_bytes())
+
+
+@pytest.fixture(scope="module")
+def started_llava(tiny_models, small_train_rows, tmp_path_factory) -> str:
+    """A tiny LLaVA fully trained for a few steps: it answers in the syllabus's sentence and has begun to rate.
+
+    LoRA and visual prompts adapt a model that already sees the image: a random tiny one gives nearly the same
+    logits for any image, and a border on its pixels then has nothing to steer.
+    """
+    path = tiny_models["llava"]
+    family, processor, syllabus, (inputs, meta) = training_batch(path, small_train_rows)
+    model = family.load_model(path, torch.float32, "cpu")
+    objective = QAlignObjective(model, family, syllabus.level_ids("quality", "image"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    for _ in range(15):
+        loss, _ = objective(inputs, meta)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    out = tmp_path_factory.mktemp("started-llava")
+    copy_model_files(path, out, weights=False)
+    model.save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.parametrize("method, lr, steps", [("lora", 5e-3, 100), ("visual-prompt", 0.1, 100)])
+def test_methods_lower_the_loss_and_raise_training_srcc(method, lr, steps, started_llava, small_train_rows, tmp_path):
+    path = started_llava
+    family, processor, syllabus, (inputs, meta) = training_batch(path, small_train_rows)
+    model = family.load_model(path, torch.float32, "cpu")
+    recipe = Recipe(method=method, lr=lr, lora_r=8, prompt_pixels=4)
+    torch.manual_seed(0)
+    trainable = setup_method(model, family, processor, syllabus.level_ids("quality", "image"), recipe, path)
+    trained = [n for n, p in trainable.objective.named_parameters() if p.requires_grad]
+    frozen = {n: p.detach().clone() for n, p in trainable.objective.model.named_parameters() if not p.requires_grad}
+    assert trained and all(("lora_" in n) if method == "lora" else n.startswith("prompt.") for n in trained)
+    params = [p for p in trainable.objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, _ = trainable.objective(inputs, meta)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1e-3, losses
+    for n, p in trainable.objective.model.named_parameters():
+        if n in frozen and "lora_" not in n:
+            assert torch.equal(p, frozen[n]), f"{n} moved although frozen"
+
+    # exported as a version folder holds it, then scored through the scoring path
+    out = tmp_path / "version"
+    copy_model_files(path, out, weights=method == "visual-prompt")
+    trainable.export(str(out))
+    if method == "visual-prompt":
+        assert Scorer(str(out)).prompt is not None  # the scorer (and so the scoring job) applies it
+        assert (out / "visual_prompt.safetensors").stat().st_size < 10_000
+    else:
+        assert "lora" not in (out / "config.json").read_text()  # merged: a plain model for the scorer
+    mos = np.array([r["mos"] for r in small_train_rows])
+    before = correlations(predict(path, small_train_rows), mos)["srcc"]
+    after = correlations(predict(str(out), small_train_rows), mos)["srcc"]
+    print(f"{method}: loss {losses[0]:.4f} -> {losses[-1]:.4f}, training SRCC {before:.3f} -> {after:.3f}")
+    assert after > before + 0.2 and after > 0.8, (before, after)
+
+
+def test_correlations():
+    assert correlations(np.array([1, 2, 3, 4.0]), np.array([2, 4, 6, 8.5]))["srcc"] == pytest.approx(1.0)
+    out = correlations(np.array([1, np.nan, 3, 2.0]), np.array([1, 2, 3, 4.0]))
+    assert out["n"] == 3 and out["failed"] == 1 and out["srcc"] == pytest.approx(0.5)
+    assert correlations(np.array([3, 3, 3.0]), np.array([1, 2, 3.0]))["srcc"] == 0.0  # constant: no ranking
+    near_ties = np.array([2.9991, 2.9992, 2.9994])  # float noise of an untrained model, not a ranking
+    assert correlations(near_ties, np.array([1, 2, 3.0]))["srcc"] == 0.0
+
+
+def test_promotion_needs_a_better_held_out_srcc():
+    plan = Plan("e", {}, {}, "v0003", [], [], [], "run-x", "")
+    better = decide({"held_out": {"n": 9, "srcc": 0.61}}, {"held_out": {"n": 9, "srcc": 0.6}}, "v0003", plan, "v0003")
+    assert better["promoted"] and "better" in better["reason"]
+    same = decide({"held_out": {"n": 9, "srcc": 0.6}}, {"held_out": {"n": 9, "srcc": 0.6}}, "v0003", plan, "v0003")
+    assert not same["promoted"] and "not better" in same["reason"]
+    moved = decide({"held_out": {"n": 9, "srcc": 0.9}}, {"held_out": {"n": 9, "srcc": 0.1}}, "v0003", plan, "v0004")
+    assert not moved["promoted"] and "moved" in moved["reason"]
+    empty = decide({"held_out": None}, {"held_out": None}, "v0003", plan, "v0003")
+    assert not empty["promoted"] and "no held-out" in empty["reason"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The job on the session's Ray cluster
+
+
+@pytest.fixture(scope="module")
+def label_media(tmp_path_factory) -> list[dict]:
+    """A small synthetic MOS set: two training photographs and one held-out photograph (whole), and a training video."""
+    root = tmp_path_factory.mktemp("labels-media")
+    rows = build_learning_set(
+        str(root), train_photos=("astronaut", "chelsea"), eval_photos=("coffee",), train_sides=(48,), eval_crops=1
+    )
+    video = str(root / "train-rocket-video.mp4")
+    write_video(video, pan_zoom_frames(load_photo("rocket"), n_frames=4), fps=2)  # 2 frames at 1 fps
+    rows.append({**rows[0], "id": "train-rocket-video", "uri": video, "media_type": "video", "source": "rocket"})
+    return rows
+
+
+def run_job(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "retrain.py"), *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_new_checkpoint(fs, runs: str, proc: subprocess.Popen, seen: str = "", timeout: float = 240) -> str:
+    """Until Ray Train registers a checkpoint of the run other than `seen` (its checkpoint manager's snapshot
+    changes). Returns the snapshot."""
+    deadline = time.time() + timeout
+    while True:
+        fs.invalidate_cache()
+        snapshots = fs.glob(f"{runs}/*/checkpoint_manager_snapshot.json")
+        if snapshots and (text := fs.cat_file(snapshots[0]).decode()) != seen:
+            return text
+        if proc.poll() is not None:
+            raise AssertionError(f"the job ended before a new checkpoint:\n{proc.stdout.read()}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError("no checkpoint in time")
+        time.sleep(0.2)
+
+
+def kill_one_training_worker() -> None:
+    from ray.util.state import list_actors
+
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert workers, "no training worker alive"
+    os.kill(workers[-1]["pid"], signal.SIGKILL)
+
+
+def test_retrain_on_object_storage_resumes_a_killed_driver_and_reruns_do_nothing(
+    ray_cluster, s3_bucket, tiny_models, label_media
+):
+    """The CLI on the session cluster, labels and registry (checkpoints included) on S3. The driver is killed after
+    the first checkpoint; rerun, it resumes from that checkpoint; then one training worker is killed after the next
+    checkpoint, and the restarted workers resume from that one. One version results; a third run finds nothing new."""
+    fs, bucket = s3_bucket
+    labels, root = f"s3://{bucket}/labels", f"s3://{bucket}/models"
+    shard = f"{labels}/batch-0001/part-00000.parquet"
+    write_label_shard(label_media, shard)
+    args = [
+        *("--labels", labels, "--base-model", tiny_models["llava"], "--registry", root, "--name", "scorer"),
+        *("--epochs", "5", "--lr", "1e-3", "--batch-size", "8", "--crop", "32", "--views", "2", "--hflip"),
+        *("--num-workers", "2", "--cpus-per-worker", "0.25", "--data-cpus", "0.25", "--data-actors", "1"),
+    ]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    entry = registry.entry_url(root, "scorer")
+
+    runs = f"{bucket}/models/scorer/_runs"
+    first = run_job(args, env)
+    snapshot = wait_for_new_checkpoint(fs, runs, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    assert registry.list_versions(entry) == []
+
+    second = run_job(args, env)
+    wait_for_new_checkpoint(fs, runs, second, seen=snapshot)
+    kill_one_training_worker()
+    output, _ = second.communicate(timeout=400)
+    assert second.returncode == 0, output
+    assert "resumed from the checkpoint of epoch" in output, output
+    record = registry.read_version(entry, "v0001")
+    metrics = store.read_json(f"{entry}/v0001/metrics.json")
+    history = metrics["training"]
+    assert [e["epoch"] for e in history] == [0, 1, 2, 3, 4]  # each epoch once: none was trained twice
+    # three attempts (first driver; second driver; its restarted workers), each from the last checkpoint
+    began = [e["attempt_began_at"] for e in history]
+    assert began[0] == 0 and len(set(began)) == 3 and began == sorted(began), began
+    assert all(b <= e["epoch"] for b, e in zip(began, history))
+    assert record["run"]["resumed_from_epoch"] == began[-1] >= 2
+    assert metrics["training"][-1]["examples"] == 2 * sum(r["split"] == "train" for r in label_media)  # 2 views
+    n_eval = sum(r["split"] == "eval" for r in label_media)
+    assert metrics["held_out"]["before"]["n"] == metrics["held_out"]["after"]["n"] == n_eval
+
+    files = {p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/models/scorer/v0001")}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "metrics.json", "version.json"} <= files
+    assert any(f.startswith(("processor_config", "preprocessor_config")) for f in files)
+    assert record["base_model"]["path"] == tiny_models["llava"] and record["method"] == "full"
+    assert record["seen_shards"] == {shard: record["label_shards"][0]["digest"]}
+    after, before = metrics["held_out"]["after"]["srcc"], metrics["held_out"]["before"]["srcc"]
+    assert record["promotion"]["promoted"] == (after > before)
+    assert registry.current_version(entry) == ("v0001" if after > before else None)
+    fs.invalidate_cache()
+    assert not fs.exists(runs) or not fs.ls(runs)  # a run's checkpoints go once its version exists
+    if after > before:  # the scoring job's --model <registry>/<name> now runs this version
+        ref = registry.resolve(entry)
+        assert ref.revision == "scorer/v0001"
+        scorer = Scorer(registry.local_path(ref.path))
+        assert scorer.score_media([Media(photo("rocket"), "image", None, [0], 1)])[1].shape == (1,)
+
+    third = run_job(args, env)
+    output, _ = third.communicate(timeout=300)
+    assert third.returncode == 0 and "nothing new" in output, output
+    assert registry.list_versions(entry) == ["v0001"]
