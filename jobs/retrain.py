@@ -55,24 +55,21 @@ def parse_args(argv: list[str] | None = None) -> RetrainConfig:
     p.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the last checkpoint")
     p.add_argument("--fit-items", type=int, default=1000, help="training items scored to measure the fit")
     a = p.parse_args(argv)
-    if min(a.epochs, a.batch_size, a.num_workers, a.views) < 1:
-        p.error("--epochs, --batch-size, --num-workers and --views must be >= 1")
-    if a.batch_size < a.num_workers:
-        p.error("--batch-size must be at least --num-workers (it is split over the workers)")
-    # The options are named like the fields of Recipe and Scaling.
-    recipe = Recipe(**{f.name: getattr(a, f.name) for f in fields(Recipe)})
-    scaling = Scaling(**{f.name: getattr(a, f.name) for f in fields(Scaling)})
-    return RetrainConfig(
-        labels=a.labels,
-        base_model=a.base_model,
-        registry=a.registry,
-        name=a.name,
-        recipe=recipe,
-        scaling=scaling,
-        eval_split=a.eval_split,
-        all_labels=a.all_labels,
-        fit_items=a.fit_items,
-    )
+    try:  # the configs check their values; a bad one is a usage error
+        return RetrainConfig(
+            labels=a.labels,
+            base_model=a.base_model,
+            registry=a.registry,
+            name=a.name,
+            # The options are named like the fields of Recipe and Scaling.
+            recipe=Recipe(**{f.name: getattr(a, f.name) for f in fields(Recipe)}),
+            scaling=Scaling(**{f.name: getattr(a, f.name) for f in fields(Scaling)}),
+            eval_split=a.eval_split,
+            all_labels=a.all_labels,
+            fit_items=a.fit_items,
+        )
+    except ValueError as e:
+        p.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> int:

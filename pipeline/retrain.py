@@ -18,13 +18,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import registry, store
 from pipeline.evaluation import evaluate_on_ray
+from pipeline.shards import check_ids_across_shards, list_shards
 from pipeline.synthetic import write_label_shard
 from pipeline.training import EXPORT_DIR, Recipe, Scaling, fit
 from pipeline.visual_prompt import CONFIG as PROMPT_CONFIG
@@ -41,40 +42,27 @@ class LabelShard:
     digest: str  # sha256 of the shard's bytes: its identity in the registry's record of what was seen
     table: pa.Table
 
+    @cached_property
+    def _rows_by_split(self) -> dict[str, list[dict]]:
+        by_split: dict[str, list[dict]] = {}
+        for row in self.table.to_pylist():  # once per shard: the job asks for its rows many times
+            by_split.setdefault(row["split"], []).append(row)
+        return by_split
+
     def rows(self, split: str) -> list[dict]:
-        return [r for r in self.table.to_pylist() if r["split"] == split]
-
-
-def list_label_shards(labels: str) -> list[str]:
-    """Label shard URLs, sorted: every *.parquet under a folder (at any depth: labels/<batch>/part-*.parquet),
-    a glob, or one file."""
-    fs, path = store.filesystem(labels)
-    if any(c in path for c in "*?["):
-        paths = fs.glob(path)
-    elif store.retry(lambda: fs.isdir(path), f"stat {labels}"):
-        paths = [p for p in store.retry(lambda: fs.find(path), f"list {labels}") if p.endswith(".parquet")]
-    else:
-        paths = [path] if store.exists(labels) else []
-    if not paths:
-        raise FileNotFoundError(f"no label shards (*.parquet) found at {labels}")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return sorted(p if protocol in ("file", "local") else f"{protocol}://{p}" for p in paths)
+        return self._rows_by_split.get(split, [])
 
 
 def read_label_shards(labels: str, eval_split: str = "eval") -> list[LabelShard]:
     """Every shard under `labels`, validated (labels/v1), with ids unique and no item in both splits."""
     shards = []
-    for url in list_label_shards(labels):
+    for url in list_shards(labels, recursive=True):
         fs, path = store.filesystem(url)
         data = store.retry(lambda fs=fs, path=path: fs.cat_file(path), f"read {url}")
         table = pq.read_table(io.BytesIO(data))
         validate_labels(table, url, splits=("train", eval_split))
         shards.append(LabelShard(url, "sha256:" + hashlib.sha256(data).hexdigest(), table))
-    ids = pa.chunked_array([s.table.column("id").cast(pa.string()) for s in shards], type=pa.string())
-    counts = pc.value_counts(ids)
-    dupes = counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
-    if dupes:
-        raise SchemaError(labels, "id", f"{len(dupes)} id(s) appear in more than one label shard, e.g. {dupes[:3]}")
+    check_ids_across_shards([s.url for s in shards], [s.table.column("id") for s in shards])
     uris = {split: {r["uri"] for s in shards for r in s.rows(split)} for split in ("train", eval_split)}
     leaked = sorted(uris["train"] & uris[eval_split])
     if leaked:
@@ -99,6 +87,10 @@ class RetrainConfig:
     eval_split: str = "eval"
     all_labels: bool = False  # train on the training rows of every shard, not only the new shards'
     fit_items: int = 1000  # at most this many training items are scored to measure the fit
+
+    def __post_init__(self) -> None:
+        if self.recipe.batch_size < self.scaling.num_workers:
+            raise ValueError("the batch size must be at least the number of workers (it is split over them)")
 
 
 @dataclass

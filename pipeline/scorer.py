@@ -127,7 +127,7 @@ class Scorer:
         }
         if self.prompt is not None:
             batch["pixel_values"] = self.prompt(batch["pixel_values"].float()).to(self.dtype)
-        hidden = self.family.last_hidden(self.model, batch).float()
+        hidden = models.last_real(*self.family.hidden_states(self.model, batch)).float()
         logits = hidden @ self.level_weight.T
         return logits if self.level_bias is None else logits + self.level_bias
 

@@ -17,13 +17,18 @@ from pipeline import store
 from schemas import MANIFEST_V1, SchemaError, check_columns, validate_manifest
 
 
-def list_shards(manifest: str) -> list[str]:
-    """The manifest's Parquet shards as URLs, sorted: a folder of *.parquet files, one file, or a glob."""
+def list_shards(manifest: str, recursive: bool = False) -> list[str]:
+    """The Parquet shards as URLs, sorted: a folder of *.parquet files, one file, or a glob.
+
+    Manifest shards must have unique file names (outputs are named after them). `recursive` lists a folder at any
+    depth, as label shards are kept (labels/<batch>/part-*.parquet): names may repeat there, the URL is the identity.
+    """
     fs, path = store.filesystem(manifest)
     if any(c in path for c in "*?["):
         paths = fs.glob(path)
     elif store.retry(lambda: fs.isdir(path), f"stat {manifest}"):
-        paths = [p for p in fs.ls(path, detail=False) if p.endswith(".parquet")]
+        listed = fs.find(path) if recursive else fs.ls(path, detail=False)
+        paths = [p for p in listed if p.endswith(".parquet")]
     else:
         paths = [path]
     if not paths:
@@ -31,7 +36,7 @@ def list_shards(manifest: str) -> list[str]:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     urls = sorted(p if protocol in ("file", "local") else f"{protocol}://{p}" for p in paths)
     names = [store.basename(u) for u in urls]
-    if len(set(names)) != len(names):
+    if not recursive and len(set(names)) != len(names):
         raise ValueError(f"shard file names must be unique (outputs are named after them): {manifest}")
     return urls
 
@@ -51,14 +56,20 @@ def validate_shards(urls: list[str]) -> list[Shard]:
         table = store.read_parquet(url, columns=MANIFEST_V1.names)
         validate_manifest(table, url)
         shards.append(Shard(url, store.basename(url), table.num_rows))
-        ids.append(table.column("id").combine_chunks().cast(pa.string()))
+        ids.append(table.column("id"))
+    check_ids_across_shards(urls, ids)
+    return shards
+
+
+def check_ids_across_shards(urls: list[str], ids: list[pa.ChunkedArray]) -> None:
+    """Ids must be unique across shards (each shard already checked alone): the error names the shards of one."""
+    ids = [i.combine_chunks().cast(pa.string()) for i in ids]
     counts = pc.value_counts(pa.chunked_array(ids, type=pa.string()))
     dupes = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
     if len(dupes):
         first = dupes[0]
-        where = [s.url for s, shard_ids in zip(shards, ids) if pc.any(pc.equal(shard_ids, first)).as_py()]
+        where = [url for url, shard_ids in zip(urls, ids) if pc.any(pc.equal(shard_ids, first)).as_py()]
         raise SchemaError(where[-1], "id", f"{len(dupes)} id(s) appear in more than one shard, e.g. {first} in {where}")
-    return shards
 
 
 class Output:

@@ -88,6 +88,10 @@ class Scaling:
     data_actors: int = 2  # at most this many of them
     max_failures: int = 3  # worker-group restarts (from the last checkpoint) before the run fails
 
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError("num_workers must be >= 1")
+
 
 # ------------------------------------------------------------------------------------------------------------
 # Examples: label rows -> prepared training inputs, on Ray Data CPU workers
@@ -158,23 +162,6 @@ def build_examples(batch: dict[str, np.ndarray], **builder_args: Any) -> dict[st
 # The objective
 
 
-def is_owl2(family: ModuleType) -> bool:
-    return family.__name__.endswith("owl2_family")
-
-
-def sequence_hidden(
-    family: ModuleType, model: nn.Module, inputs: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The language model's final hidden states [B, L, H] and their mask [B, L], as the family's last_hidden reads
-    them (mPLUG-Owl2 merges the visual tokens into the sequence itself, so its mask is the merged one)."""
-    if is_owl2(family):
-        images = list(torch.split(inputs["pixel_values"], inputs["frame_counts"].tolist()))
-        embeds, mask, modality = model.merge_inputs(inputs["input_ids"], images, inputs["attention_mask"])
-        hidden, _ = model.model(embeds, mask, modality)
-        return hidden, mask
-    return model.model(**inputs, use_cache=False).last_hidden_state, inputs["attention_mask"]
-
-
 class QAlignObjective(nn.Module):
     """Cross-entropy on the answer tokens only; at the level word, against the (hard or soft) level target.
 
@@ -193,7 +180,7 @@ class QAlignObjective(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.prompt is not None:
             inputs = {**inputs, "pixel_values": self.prompt(inputs["pixel_values"])}
-        hidden, mask = sequence_hidden(self.family, self.model, inputs)
+        hidden, mask = self.family.hidden_states(self.model, inputs)
         n_answer, from_end = meta["n_answer"], meta["level_from_end"]
         rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
         steps = torch.arange(int(n_answer.max()), device=hidden.device)[None]

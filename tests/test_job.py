@@ -185,6 +185,17 @@ def job_cmd(manifest: str, output: str, model: str) -> list[str]:
     ]
 
 
+def start_job(manifest: str, output: str, model: str, address: str) -> subprocess.Popen:
+    """The job's CLI as a driver process on the cluster at `address`, its output in one text pipe."""
+    return subprocess.Popen(
+        job_cmd(manifest, output, model),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": address},
+    )
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -201,12 +212,7 @@ def test_driver_killed_mid_run_then_rerun_gives_every_row_exactly_once(ray_clust
     manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
     rows = many
     write_manifest(rows, manifest, num_shards=len(rows) // 2)
-    driver = subprocess.Popen(
-        job_cmd(manifest, output, tiny_models["llava"]),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "RAY_ADDRESS": ray_cluster},
-    )
+    driver = start_job(manifest, output, tiny_models["llava"], ray_cluster)
     try:
         wait_for(lambda: committed(output) >= 1 or driver.poll() is not None, 120, "no shard committed")
         assert driver.poll() is None, "the job ended before it could be killed"
@@ -234,13 +240,7 @@ def test_scorer_actor_killed_mid_run_is_restarted(ray_cluster, corpus, tiny_mode
 
     manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
     write_manifest(corpus, manifest, num_shards=len(corpus) // 2)
-    driver = subprocess.Popen(
-        job_cmd(manifest, output, tiny_models["llava"]),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "RAY_ADDRESS": ray_cluster},
-    )
+    driver = start_job(manifest, output, tiny_models["llava"], ray_cluster)
     try:
 
         def scorer_actors():
@@ -268,12 +268,7 @@ def test_whole_cluster_stopped_mid_run_then_rerun(ray_cluster, many, tiny_models
     write_manifest(corpus, manifest, num_shards=len(corpus) // 2)
     doomed = Path(tempfile.mkdtemp(prefix="qray-"))
     address, _ = start_cluster(doomed)
-    driver = subprocess.Popen(
-        job_cmd(manifest, output, tiny_models["llava"]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "RAY_ADDRESS": address},
-    )
+    driver = start_job(manifest, output, tiny_models["llava"], address)
     try:
         wait_for(lambda: committed(output) >= 1 or driver.poll() is not None, 180, "no shard committed")
         assert driver.poll() is None, "the job ended before the cluster could be stopped"

@@ -188,3 +188,21 @@ def test_label_shards_with_an_item_in_both_splits_are_refused(tmp_path):
     base = make_model_folder(str(tmp_path / "base"))
     with pytest.raises(SchemaError, match="both 'train' and 'eval'"):
         plan_run(RetrainConfig(labels=labels, base_model=base, registry=str(tmp_path / "r"), name="s"))
+
+
+def test_label_shards_sharing_an_id_or_missing_are_refused(tmp_path):
+    from pipeline.retrain import read_label_shards
+    from schemas import SchemaError
+
+    labels = str(tmp_path / "labels")
+    with pytest.raises(FileNotFoundError, match="labels"):
+        read_label_shards(labels)
+    rows = label_rows("a")
+    write_label_shard(rows, f"{labels}/b1/part-0.parquet")
+    # the same file name in another batch folder is fine: a label shard is known by its URL
+    write_label_shard(label_rows("b"), f"{labels}/b2/part-0.parquet")
+    assert len(read_label_shards(labels)) == 2
+    write_label_shard([{**rows[1], "uri": "/data/other.png"}], f"{labels}/b3/part-0.parquet")
+    with pytest.raises(SchemaError, match="column 'id': 1 id\\(s\\) appear in more than one shard, e.g. a-t1") as err:
+        read_label_shards(labels)
+    assert "b1/part-0.parquet" in str(err.value) and "b3/part-0.parquet" in str(err.value)

@@ -394,6 +394,18 @@ def run_job(args: list[str], env: dict) -> subprocess.Popen:
     )
 
 
+def test_cli_refuses_bad_settings_before_doing_anything(tmp_path):
+    """The configs check their values; the CLI turns a bad one into a usage error (exit 2), naming it."""
+    common = ["--labels", str(tmp_path), "--base-model", str(tmp_path), "--registry", str(tmp_path), "--name", "n"]
+    for extra, message in [
+        (["--batch-size", "2", "--num-workers", "4"], "at least the number of workers"),
+        (["--views", "0"], "views must be >= 1"),
+    ]:
+        proc = run_job([*common, *extra], dict(os.environ))
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and message in output, output
+
+
 def wait_for_new_checkpoint(fs, runs: str, proc: subprocess.Popen, seen: str = "", timeout: float = 240) -> str:
     """Until Ray Train registers a checkpoint of the run other than `seen` (its checkpoint manager's snapshot
     changes). Returns the snapshot."""

@@ -1,7 +1,9 @@
 """Model families a scorer can run. Each family module offers the same functions:
 
 load_processor, tokenizer_of, prepare (CPU, one item -> numpy arrays), image_major_keys, collate (a batch -> tensors),
-load_model and last_hidden (a batch -> each row's final hidden state at its last real token).
+load_model and hidden_states (a batch -> the language model's final hidden states [B, L, H] and the mask of real
+positions [B, L]; mPLUG-Owl2 merges the visual tokens into the sequence itself, so its mask is the merged one).
+The scorer reads `last_real` of those; training reads the answer positions before it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from types import ModuleType
 
 import numpy as np
+import torch
 from transformers import PretrainedConfig
 
 
@@ -35,3 +38,9 @@ def pad_stack(arrays: list[np.ndarray], value: float) -> np.ndarray:
     for i, a in enumerate(arrays):
         out[(i, *(slice(0, s) for s in a.shape))] = a
     return out
+
+
+def last_real(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each row's hidden state at its last real position: [B, L, H] and a right-padded mask [B, L] -> [B, H]."""
+    last = mask.sum(dim=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

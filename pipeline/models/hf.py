@@ -2,7 +2,7 @@
 
 A prompt goes through the model's own processor and chat template; frames of a video are passed as that many images
 in the one user turn. The CPU side (`prepare`) turns one item into numpy arrays; the model side (`collate`,
-`last_hidden`) right-pads a batch, masks the padding and reads each row's hidden state at its last real token.
+`hidden_states`) right-pads a batch, masks the padding and runs the language model.
 """
 
 from __future__ import annotations
@@ -79,8 +79,6 @@ def load_model(
     return model.to(device).eval()
 
 
-def last_hidden(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The language model's final hidden state at each row's last real token: [batch, hidden]."""
-    hidden = model.model(**batch, use_cache=False).last_hidden_state
-    last = batch["attention_mask"].sum(dim=1) - 1
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+def hidden_states(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The language model's final hidden states [B, L, H] and the mask of real tokens [B, L]."""
+    return model.model(**batch, use_cache=False).last_hidden_state, batch["attention_mask"]

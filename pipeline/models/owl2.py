@@ -42,6 +42,8 @@ from transformers.models.llama.modeling_llama import (
     repeat_kv,
 )
 
+from pipeline.models import last_real
+
 IMAGE_TOKEN_INDEX = -200
 DEFAULT_IMAGE_TOKEN = "<|image|>"
 IGNORE_INDEX = -100
@@ -818,6 +820,17 @@ class MPLUGOwl2LlamaForCausalLM(PreTrainedModel):
             return tuple(v for v in (loss, logits, all_hidden) if v is not None)
         return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=all_hidden)
 
+    def hidden_states(
+        self,
+        input_ids: torch.LongTensor,
+        images: list[torch.Tensor] | torch.Tensor | None,
+        attention_mask: torch.LongTensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final-normed hidden states of the merged sequence [B, L, H] and its mask of real positions [B, L]."""
+        embeds, mask, modality = self.merge_inputs(input_ids, images, attention_mask)
+        hidden_states, _ = self.model(embeds, mask, modality)
+        return hidden_states, mask
+
     def last_hidden(
         self,
         input_ids: torch.LongTensor,
@@ -826,10 +839,7 @@ class MPLUGOwl2LlamaForCausalLM(PreTrainedModel):
     ) -> torch.Tensor:
         """Final-normed hidden state at each row's last real position, [B, hidden]: the scorer multiplies it
         with the level rows of `lm_head.weight` only, so no full-vocabulary logits are made."""
-        embeds, mask, modality = self.merge_inputs(input_ids, images, attention_mask)
-        hidden_states, _ = self.model(embeds, mask, modality)
-        last = mask.sum(-1) - 1
-        return hidden_states[torch.arange(hidden_states.shape[0], device=last.device), last]
+        return last_real(*self.hidden_states(input_ids, images, attention_mask))
 
 
 AutoConfig.register(MPLUGOwl2Config.model_type, MPLUGOwl2Config, exist_ok=True)

@@ -70,6 +70,8 @@ def load_model(
     return model.to(device).eval()
 
 
-def last_hidden(model: MPLUGOwl2LlamaForCausalLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def hidden_states(
+    model: MPLUGOwl2LlamaForCausalLM, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     images = list(torch.split(batch["pixel_values"], batch["frame_counts"].tolist()))
-    return model.last_hidden(batch["input_ids"], images, batch["attention_mask"])
+    return model.hidden_states(batch["input_ids"], images, batch["attention_mask"])
