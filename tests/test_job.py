@@ -235,9 +235,10 @@ def test_driver_killed_mid_run_then_rerun_gives_every_row_exactly_once(ray_clust
     assert sorted(ids) == sorted(r["id"] for r in rows)  # every row exactly once: no loss, no duplicate
 
 
-def test_scorer_actor_killed_mid_run_is_restarted(ray_cluster, corpus, tiny_models, tmp_path):
+def test_scorer_actor_killed_mid_run_is_restarted(ray_cluster, many, tiny_models, tmp_path):
     from ray.util.state import list_actors
 
+    corpus = many  # enough work that the kill lands while shards are pending (the sample corpus alone can finish first)
     manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
     write_manifest(corpus, manifest, num_shards=len(corpus) // 2)
     driver = start_job(manifest, output, tiny_models["llava"], ray_cluster)
