@@ -132,3 +132,36 @@ def test_loading_is_deterministic_per_seed(tmp_path):
     c = load_file(make_tiny_model("llava", tmp_path / "c", seed=4) / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The channel axis is stated, never guessed: thin and tiny images reach the model in their true colour
+
+COLOUR = np.array([220, 40, 120])  # every channel different: a channels-first misreading turns it grey
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("height, width", [(1, 9), (9, 1), (3, 9), (9, 3), (1, 1), (3, 3)])
+def test_thin_and_tiny_images_reach_the_model_in_their_true_colour(tiny_models, tmp_path, family, height, width):
+    path = tmp_path / f"{height}x{width}.png"
+    Image.new("RGB", (width, height), tuple(int(c) for c in COLOUR)).save(path)
+    preprocessor = Preprocessor(tiny_models[family])
+    inputs = preprocessor(load_media(str(path), "image"))
+
+    image_processor = preprocessor.processor.image_processor
+    mean = np.asarray(image_processor.image_mean)[:, None, None]
+    std = np.asarray(image_processor.image_std)[:, None, None]
+    pixels = inputs["pixel_values"]
+    first = pixels.reshape(-1, *pixels.shape[-3:])[0]  # [3, S, S]: the first image (or tile) the model sees
+    rgb = (first * std + mean) * 255  # back to 0..255 from the processor's normalisation
+    distance = np.abs(rgb - COLOUR[:, None, None]).max(axis=0)
+    if family == "owl2":
+        # Padded to a square with the CLIP mean colour, the image centred: the centre is the image's own colour
+        # (a strip one pixel thick is blended a little by the bicubic resize).
+        centre = distance[distance.shape[0] // 2, distance.shape[1] // 2]
+        assert centre <= 4, rgb[:, distance.shape[0] // 2, distance.shape[1] // 2]
+    else:
+        # Resized (and tiled) without padding inside the image: every pixel is the image's colour.
+        mask = inputs.get("pixel_attention_mask")  # Idefics3 pads tiles at their end: only real pixels count
+        real = np.ones(distance.shape, bool) if mask is None else mask.reshape(-1, *distance.shape)[0].astype(bool)
+        assert distance[real].max() <= 1, rgb[:, 0, 0]

@@ -36,7 +36,9 @@ def render_prompt(processor: ProcessorMixin, question: str, answer_prefix: str, 
 def prepare(processor: ProcessorMixin, frames: list[np.ndarray], question: str, answer_prefix: str) -> dict:
     """One item's model inputs as numpy arrays, batch dimension dropped from the text keys."""
     text = render_prompt(processor, question, answer_prefix, len(frames))
-    out = processor(text=[text], images=[list(frames)], return_tensors="np")
+    # The channel axis is stated, never inferred: the processor would guess channels-first for an HxWx3 array whose
+    # first axis is 1 or 3 (a 3-pixel-high strip, a 1x1 image) and score misread pixels.
+    out = processor(text=[text], images=[list(frames)], return_tensors="np", input_data_format="channels_last")
     return {k: (v[0] if k in TEXT_KEYS else v) for k, v in out.items()}
 
 

@@ -882,7 +882,8 @@ def preprocess_frames(
     if fill is None:
         fill = tuple(int(x * 255) for x in image_processor.image_mean)
     squares = [expand2square(_as_rgb_image(frame), fill) for frame in frames]
-    return image_processor(images=squares, return_tensors="pt")["pixel_values"]
+    # The channel axis is stated, never inferred (a 1x1 or 3x3 square would be ambiguous to a shape-based guess).
+    return image_processor(images=squares, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
 
 
 def load_image_processor(path: str, **kwargs: Any) -> Any:
