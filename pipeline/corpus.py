@@ -97,17 +97,20 @@ def synthetic_mos(level: int) -> float:
     return 5.0 - level
 
 
-def write_video(path: str, frames: list[np.ndarray], fps: int) -> None:
-    """Write RGB uint8 frames as a real H.264 (yuv420p) mp4. Odd sizes are cropped by one pixel to even."""
+def write_video(path: str, frames: list[np.ndarray], fps: int, codec: str = "libx264", fmt: str = "mp4") -> None:
+    """Write RGB uint8 frames as a real video (default H.264 yuv420p in mp4). Odd sizes are cropped by one pixel to
+    even. `codec` and `fmt` name any PyAV encoder and container, e.g. "libsvtav1" in "matroska"."""
     if not frames:
         raise ValueError("write_video needs at least one frame")
     h, w = frames[0].shape[:2]
     h, w = h - h % 2, w - w % 2  # yuv420p subsamples chroma 2x2
     # faststart puts the index (moov) first, so readers can start without seeking to the end of the object.
-    with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as container:
-        stream = container.add_stream("libx264", rate=fps)
+    options = {"movflags": "+faststart"} if fmt == "mp4" else {}
+    with av.open(path, "w", format=fmt, options=options) as container:
+        stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": "23", "preset": "medium"}
+        if codec == "libx264":
+            stream.options = {"crf": "23", "preset": "medium"}
         for frame in frames:
             if frame.shape[:2] != frames[0].shape[:2]:
                 raise ValueError(f"all frames must have one size; got {frame.shape} after {frames[0].shape}")
@@ -248,7 +251,7 @@ def write_bad_files(root: str) -> dict[str, tuple[str, str, str | None]]:
     put("text_as_jpeg", "text.jpg", b"this is not an image\n" * 4, "image", "decode_error")
     zoo["missing_file"] = (os.path.join(root, "does-not-exist.jpg"), "image", "not_found")
     os.makedirs(os.path.join(root, "a_directory"), exist_ok=True)
-    zoo["directory"] = (os.path.join(root, "a_directory"), "image", "not_found")
+    zoo["directory"] = (os.path.join(root, "a_directory"), "image", "bad_uri")
     put("video_no_frames", "no_frames.mp4", _zero_frame_mp4(), "video", "no_frames")
     put("audio_only_mp4", "audio_only.mp4", _audio_only_mp4(), "video", "no_frames")
     put("truncated_mp4", "truncated.mp4", video[: len(video) // 2], "video", "decode_error")

@@ -4,7 +4,8 @@
 but `MediaError`, whose `kind` is one of `ERROR_KINDS`: a bad item becomes an error row with that kind, and
 the job goes on (DESIGN.md section 5).
 
-Order of checks, cheapest first: media type, URI scheme, object size (one metadata request), bytes, decode.
+Order of checks, cheapest first: media type, URI scheme, object size (one metadata request) against the media type's
+byte limit, a sniff of the first KB for the format (objects over SNIFF_ABOVE_BYTES only), the bytes, decode.
 
 Decisions worth knowing:
 - Transparent images (RGBA, LA, P with transparency) are composited on WHITE, not alpha-dropped: the colour
@@ -12,8 +13,14 @@ Decisions worth knowing:
 - 16-bit images are scaled to 8 bits (v / 257, rounded), never clipped. Pillow alone clips I;16 -> L.
 - The pixel limit is checked from the header, before any pixel is decoded. PIL's own decompression-bomb
   limit is set to the same value so that PIL refuses at exactly the same size.
+- The bytes are read with a bounded range (at most the limit + 1 byte), so a missing or stale size in the metadata
+  never lets an object cost more memory than its media type's limit.
 - Videos are decoded from memory (BytesIO) by decord: the whole object is read once (it is at most
-  `max_bytes`), which also gives object stores one sequential GET instead of many small range reads.
+  `max_video_bytes`), which also gives object stores one sequential GET instead of many small range reads. What decord
+  cannot open or decode (its FFmpeg has no AV1 decoder and fails on some tiny frame sizes) is decoded by PyAV with the
+  same sampling; only when both fail is the video an error, naming the codec when the container says it.
+- OS errors that mean the URI can never work (ENAMETOOLONG, EISDIR, EINVAL, a malformed name) are `bad_uri` at once,
+  without retries.
 """
 
 from __future__ import annotations
@@ -31,8 +38,11 @@ import fsspec
 import numpy as np
 from PIL import Image, ImageOps
 
+from pipeline import store
+
 ERROR_KINDS = (
     "bad_scheme",
+    "bad_uri",
     "not_found",
     "empty",
     "too_large",
@@ -78,7 +88,10 @@ class MediaOptions:
     sample_fps: float = 1.0  # video sampling rate
     max_frames: int = 16  # cap: uniform subsampling over the sampled frames when exceeded
     max_pixels: int = 64_000_000  # more pixels than this: refused from the header (decompression bombs)
-    max_bytes: int = 2 * 1024**3  # objects larger than this are refused (too_large)
+    # Objects larger than these are refused (too_large) from their metadata, before any byte is read. 256 MiB holds
+    # an uncompressed 8-bit RGBA image at the pixel limit (64 MP x 4 bytes); a video is read whole into memory once.
+    max_image_bytes: int = 256 * 1024**2
+    max_video_bytes: int = 2 * 1024**3
     # A plain path (no "://") counts as "file".
     allowed_schemes: tuple[str, ...] = ("file", "s3", "gs", "gcs", "az", "abfs", "memory")
 
@@ -86,9 +99,13 @@ class MediaOptions:
         # A bad option is a configuration bug, so it fails at construction, not as a per-item error.
         if not self.sample_fps > 0:
             raise ValueError(f"sample_fps must be > 0, got {self.sample_fps}")
-        for name in ("max_frames", "max_pixels", "max_bytes"):
+        for name in ("max_frames", "max_pixels", "max_image_bytes", "max_video_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def max_bytes(self, media_type: str) -> int:
+        """The byte limit of one media type."""
+        return self.max_video_bytes if media_type == "video" else self.max_image_bytes
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -100,8 +117,18 @@ def uri_scheme(uri: str) -> str:
     return uri.split("://", 1)[0].lower() if "://" in uri else "file"
 
 
-def read_bytes(uri: str, options: MediaOptions = MediaOptions()) -> bytes:
-    """Read a whole object through fsspec, retrying transient storage errors. Raises MediaError only."""
+# Objects up to this size are read whole and sniffed from the bytes in hand (one GET: most images are small);
+# larger ones have their first SNIFF_BYTES read and checked before the rest is fetched.
+SNIFF_BYTES = 1024
+SNIFF_ABOVE_BYTES = 1024**2
+
+
+def read_bytes(uri: str, options: MediaOptions = MediaOptions(), media_type: str = "image") -> bytes:
+    """Read a whole object through fsspec, retrying transient storage errors. Raises MediaError only.
+
+    The object's size (metadata) is checked against the media type's byte limit and its first bytes against the
+    media type's formats before the object is read; the read itself never takes more than the limit + 1 byte.
+    """
     if isinstance(uri, os.PathLike):
         uri = os.fspath(uri)
     if not isinstance(uri, str) or not uri.strip():
@@ -112,46 +139,130 @@ def read_bytes(uri: str, options: MediaOptions = MediaOptions()) -> bytes:
         raise MediaError("bad_scheme", f"scheme {scheme!r} is not allowed (allowed: {allowed})")
     try:
         fs, path = fsspec.core.url_to_fs(uri)
-    except (ImportError, ValueError) as e:  # backend not installed (e.g. gcsfs), malformed URL: no retry
+    except ImportError as e:  # backend not installed (e.g. gcsfs): a deployment problem, not the item's
         raise MediaError("io_error", f"cannot open a filesystem for {uri}: {e}") from e
+    except ValueError as e:  # malformed URL: it can never work
+        raise MediaError("bad_uri", f"{uri}: {e}") from e
 
     last_error: Exception | None = None
     for attempt in range(READ_ATTEMPTS):
         if attempt:
             time.sleep(RETRY_BASE_DELAY_S * 2 ** (attempt - 1))
         try:
-            return _read_once(fs, path, uri, options)
+            return _read_once(fs, path, uri, options, media_type)
         except MediaError:
             raise
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        except (FileNotFoundError, NotADirectoryError) as e:
             raise MediaError("not_found", f"{uri}: {e}") from e
         except PermissionError as e:  # access denied is not transient
             raise MediaError("io_error", f"permission denied: {uri}: {e}") from e
-        except Exception as e:  # timeouts, connection resets, throttling, 5xx: worth another try
-            last_error = e
+        except Exception as e:
+            if store.is_bad_name(e):  # too long, a directory, an invalid name: no retry can fix it
+                raise MediaError("bad_uri", f"{_shorten(uri)}: {type(e).__name__}: {_shorten(str(e))}") from e
+            last_error = e  # timeouts, connection resets, throttling, 5xx: worth another try
     raise MediaError(
         "io_error", f"{uri}: {type(last_error).__name__}: {last_error} (after {READ_ATTEMPTS} attempts)"
     ) from last_error
 
 
-def _read_once(fs: fsspec.AbstractFileSystem, path: str, uri: str, options: MediaOptions) -> bytes:
+def _read_once(fs: fsspec.AbstractFileSystem, path: str, uri: str, options: MediaOptions, media_type: str) -> bytes:
     # One metadata request first, so that an oversized object is refused without downloading it.
     info = fs.info(path)
     if info.get("type") == "directory":
-        raise MediaError("not_found", f"{uri} is a directory, not an object")
+        raise MediaError("bad_uri", f"{uri} is a directory, not an object")
+    limit = options.max_bytes(media_type)
     size = info.get("size")
     if size is not None:
-        _check_size(int(size), uri, options)
-    data = fs.cat_file(path)
-    _check_size(len(data), uri, options)  # the listed size may be missing or stale
+        _check_size(int(size), uri, limit)
+    sniffed = size is not None and int(size) <= SNIFF_ABOVE_BYTES
+    if not sniffed:  # a large (or unsized) object: its first KB must look like the media type before the rest
+        sniff_format(fs.cat_file(path, start=0, end=SNIFF_BYTES), media_type, uri)
+    # A bounded range: the listed size may be missing or stale, and an object must never cost more than its limit.
+    data = fs.cat_file(path, start=0, end=limit + 1)
+    _check_size(len(data), uri, limit, read=True)
+    if sniffed:
+        sniff_format(data[:SNIFF_BYTES], media_type, uri)
     return data
 
 
-def _check_size(size: int, uri: str, options: MediaOptions) -> None:
+def _check_size(size: int, uri: str, limit: int, read: bool = False) -> None:
+    """`read`: `size` is what a read bounded at limit + 1 returned, so more than the limit means "at least"."""
     if size == 0:
         raise MediaError("empty", f"{uri} has zero bytes")
-    if size > options.max_bytes:
-        raise MediaError("too_large", f"{uri} has {size} bytes, over the limit of {options.max_bytes}")
+    if size > limit:
+        got = f"more than {limit} bytes" if read else f"{size} bytes"
+        raise MediaError("too_large", f"{uri} has {got}, over the limit of {limit}")
+
+
+def _shorten(text: str, keep: int = 200) -> str:
+    # A URI too long for the filesystem would otherwise fill the error column with kilobytes of name.
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sniffing the format from the first bytes
+
+# Video containers FFmpeg (decord, PyAV) reads, by their signatures: (name, offset, magic).
+VIDEO_SIGNATURES = (
+    ("MP4/MOV", 4, (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid")),
+    ("Matroska/WebM", 0, (b"\x1a\x45\xdf\xa3",)),
+    ("AVI", 8, (b"AVI ", b"AVIX")),  # after "RIFF" and the size
+    ("FLV", 0, (b"FLV",)),
+    ("Ogg", 0, (b"OggS",)),
+    ("ASF/WMV", 0, (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11",)),
+    ("MPEG-PS/ES", 0, (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")),
+    ("H.264/HEVC Annex B", 0, (b"\x00\x00\x00\x01",)),
+    ("IVF", 0, (b"DKIF",)),
+    ("Y4M", 0, (b"YUV4MPEG2",)),
+    ("RealMedia", 0, (b".RMF",)),
+    ("MXF", 0, (b"\x06\x0e\x2b\x34",)),
+    ("GIF", 0, (b"GIF87a", b"GIF89a")),  # animated GIFs are videos to FFmpeg
+)
+
+
+def video_container(head: bytes) -> str | None:
+    """The video container the first bytes announce, or None."""
+    for name, offset, magics in VIDEO_SIGNATURES:
+        if any(head[offset : offset + len(m)] == m for m in magics):
+            return name
+    if head[:1] == b"\x47" and (len(head) <= 188 or head[188:189] == b"\x47"):  # MPEG-TS: a sync byte per packet
+        return "MPEG-TS"
+    return None
+
+
+def image_format(head: bytes) -> str | None:
+    """The image format PIL recognises from the first bytes, or None.
+
+    PIL's own recognisers decide: each plugin's prefix check, then, for the few formats that have none (TGA, IM,
+    SPIDER, ...), a header parse of the bytes in hand, which those short headers fit in.
+    """
+    Image.init()
+    unchecked = []
+    for name, (_, accept) in Image.OPEN.items():
+        if accept is None:
+            unchecked.append(name)
+        elif accept(head):
+            return name
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(head), formats=unchecked) as img:
+                return img.format
+    except Exception:
+        return None
+
+
+def sniff_format(head: bytes, media_type: str, uri: str) -> None:
+    """Raise decode_error when the first bytes are not of the media type (saying what they look like instead)."""
+    if media_type == "video":
+        if video_container(head) is None:
+            other = image_format(head)
+            what = f"an image ({other})" if other else "no known video container"
+            raise MediaError("decode_error", f"{uri}: not a video: the first bytes show {what}")
+    elif image_format(head) is None:
+        other = video_container(head)
+        what = f"a video ({other})" if other else "no known image format"
+        raise MediaError("decode_error", f"{uri}: not an image: the first bytes show {what}")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -162,7 +273,7 @@ def load_media(uri: str, media_type: str, options: MediaOptions = MediaOptions()
     """Load one image or video as RGB uint8 frames. Raises MediaError (and nothing else) on any failure."""
     if media_type not in MEDIA_TYPES:
         raise MediaError("bad_media_type", f"media_type must be one of {MEDIA_TYPES}, got {media_type!r}")
-    data = read_bytes(uri, options)
+    data = read_bytes(uri, options, media_type)
     if media_type == "image":
         frame = decode_image(data, options, uri)
         return Media(frames=[frame], media_type="image", fps=None, frame_indices=[0], num_source_frames=1)
@@ -261,42 +372,131 @@ def sample_frame_indices(num_frames: int, native_fps: float | None, options: Med
 
 
 def decode_video(data: bytes, options: MediaOptions = MediaOptions(), uri: str = "<bytes>") -> Media:
-    """Decode video bytes with decord and sample frames. Raises MediaError only."""
+    """Decode video bytes and sample frames: decord first, then PyAV where decord fails. Raises MediaError only.
+
+    decord's bundled FFmpeg has no AV1 decoder ("cannot find video stream") and fails on some valid streams (a 16x16
+    H.264 video: "Check failed: from_size == to_size"); PyAV brings its own FFmpeg. Both sample the same frames
+    (`sample_frame_indices`), so an item's frames do not depend on which decoder read it.
+    """
+    try:
+        return _decode_with_decord(data, options)
+    except MediaError as decord_error:
+        try:
+            return _decode_with_pyav(data, options)
+        except MediaError as e:
+            # PyAV's verdict counts (it names the codec); decord's reason is kept for whoever debugs the item.
+            raise MediaError(e.kind, f"{uri}: {e.message} (decord: {decord_error.message})") from e
+
+
+def _decode_with_decord(data: bytes, options: MediaOptions) -> Media:
     import decord  # imported here: it is heavy, and image-only workers never need it
 
     try:
         reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0))
     except Exception as e:
         if "cannot find video stream" in str(e):
-            # A real container without a decodable video stream: audio-only, or a video track with no frames.
-            raise MediaError("no_frames", f"{uri}: no video stream with frames") from e
-        raise MediaError("decode_error", f"{uri}: {type(e).__name__}: {_first_line(e)}") from e
-
+            # No stream decord can decode: audio-only, a track with no frames, or a codec its FFmpeg lacks.
+            raise MediaError("no_frames", "no video stream with frames") from e
+        raise MediaError("decode_error", f"{type(e).__name__}: {_first_line(e)}") from e
     try:
         num_frames = len(reader)
         fps = float(reader.get_avg_fps())
     except Exception as e:
-        raise MediaError("decode_error", f"{uri}: {type(e).__name__}: {_first_line(e)}") from e
+        raise MediaError("decode_error", f"{type(e).__name__}: {_first_line(e)}") from e
     if num_frames == 0:
-        raise MediaError("no_frames", f"{uri}: the video has no frames")
+        raise MediaError("no_frames", "the video has no frames")
     fps_known = math.isfinite(fps) and fps > 0
     indices = sample_frame_indices(num_frames, fps if fps_known else None, options)
-
     try:
         batch = reader.get_batch(indices).asnumpy()
     except Exception as e:
-        raise MediaError("decode_error", f"{uri}: {type(e).__name__}: {_first_line(e)}") from e
+        raise MediaError("decode_error", f"{type(e).__name__}: {_first_line(e)}") from e
     if batch.shape[0] == 0:
-        raise MediaError("no_frames", f"{uri}: no frame could be decoded")
+        raise MediaError("no_frames", "no frame could be decoded")
     if batch.ndim != 4 or batch.shape[-1] != 3 or batch.shape[0] != len(indices):
-        raise MediaError("decode_error", f"{uri}: unexpected decoded batch shape {batch.shape}")
+        raise MediaError("decode_error", f"unexpected decoded batch shape {batch.shape}")
+    return _video(list(batch), fps if fps_known else None, indices, num_frames)
+
+
+def _video(frames: list[np.ndarray], fps: float | None, indices: list[int], num_frames: int) -> Media:
     return Media(
-        frames=[np.ascontiguousarray(frame, dtype=np.uint8) for frame in batch],
+        frames=[np.ascontiguousarray(frame, dtype=np.uint8) for frame in frames],
         media_type="video",
-        fps=fps if fps_known else None,
+        fps=fps,
         frame_indices=indices,
         num_source_frames=num_frames,
     )
+
+
+def _decode_with_pyav(data: bytes, options: MediaOptions) -> Media:
+    """Decode with PyAV: frames are counted (the container's count, else one per demuxed packet), sampled like decord,
+    and the sampled ones kept while decoding in presentation order."""
+    import av
+
+    codec = "unknown"
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise MediaError("no_frames", "no video stream")
+            stream = container.streams.video[0]
+            codec = stream.codec_context.codec.canonical_name if stream.codec_context else "unknown"
+            rate = stream.average_rate or stream.guessed_rate
+            fps = float(rate) if rate else None
+            stated = stream.frames  # 0 when the container does not say (Matroska)
+            num_frames = stated or _count_frames(container, stream, codec)
+        if num_frames == 0:
+            raise MediaError("no_frames", f"the {codec} video has no frames")
+        indices = sample_frame_indices(num_frames, fps, options)
+        frames, decoded = _pyav_frames(data, indices)
+        if len(frames) < len(indices):
+            if stated:  # the container promised more frames than its data holds: cut short
+                raise MediaError("decode_error", f"{codec} video truncated: {decoded} of {stated} frames decode")
+            # Counted from packets, which can outnumber frames: sample again over the frames that exist.
+            num_frames = decoded
+            indices = sample_frame_indices(num_frames, fps, options)
+            if not indices:
+                raise MediaError("no_frames", f"no frame of the {codec} video could be decoded")
+            frames, _ = _pyav_frames(data, indices)
+            if len(frames) != len(indices):  # the same data decoded twice gave different frames: do not guess
+                raise MediaError("decode_error", f"{codec} video: {len(frames)} of {len(indices)} sampled frames read")
+    except MediaError:
+        raise
+    except Exception as e:  # av.error.*: no decoder for the codec, invalid data, ...
+        raise MediaError("decode_error", f"cannot decode the {codec} video: {type(e).__name__}: {e}") from e
+    return _video(frames, fps, indices, num_frames)
+
+
+def _count_frames(container, stream, codec: str) -> int:
+    """Frames by demuxed packets (one per frame), refusing a file whose packets end well before the duration its
+    header declares: a truncated Matroska file demuxes without an error, and would be scored from its first part."""
+    count, end = 0, None
+    for packet in container.demux(stream):
+        if packet.size:
+            count += 1
+            if packet.pts is not None:
+                packet_end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                end = packet_end if end is None else max(end, packet_end)
+    if container.duration and end is not None:
+        declared = container.duration / 1_000_000  # AV_TIME_BASE: microseconds
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        if declared - (end - start) > max(1.0, 0.1 * declared):
+            raise MediaError("decode_error", f"{codec} video truncated: {end - start:.1f} s of {declared:.1f} s")
+    return count
+
+
+def _pyav_frames(data: bytes, indices: list[int]) -> tuple[list[np.ndarray], int]:
+    """The frames at `indices` (sorted, in presentation order) as RGB arrays, and how many frames were decoded."""
+    import av
+
+    wanted, frames, n = set(indices), [], 0
+    with av.open(io.BytesIO(data), mode="r") as container:
+        for frame in container.decode(video=0):
+            if n in wanted:
+                frames.append(frame.to_ndarray(format="rgb24"))
+            n += 1
+            if len(frames) == len(indices):
+                break
+    return frames, n
 
 
 def _first_line(e: Exception) -> str:

@@ -6,6 +6,7 @@ which s3fs/botocore read themselves.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -25,6 +26,20 @@ ATTEMPTS = 4
 BASE_DELAY_S = 0.5
 # Errors that another try cannot fix.
 PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, ValueError, TypeError)
+# OS error numbers that mean "this name can never work": too long, a directory, an invalid argument (s3fs maps
+# S3's KeyTooLongError to ENAMETOOLONG and InvalidBucketName/InvalidURI/InvalidArgument to EINVAL).
+BAD_NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EISDIR, errno.EINVAL})
+
+
+def is_bad_name(e: BaseException) -> bool:
+    """The error says the URI itself can never work (so retrying it is pointless): see BAD_NAME_ERRNOS.
+
+    Also a ValueError from a filesystem call (a NUL byte in a local path, an s3fs non-key path) and botocore's
+    client-side ParamValidationError (a bucket name S3 would refuse).
+    """
+    if isinstance(e, (IsADirectoryError, ValueError)) or type(e).__name__ == "ParamValidationError":
+        return True
+    return isinstance(e, OSError) and e.errno in BAD_NAME_ERRNOS
 
 
 def retry(fn: Callable[[], T], what: str, attempts: int = ATTEMPTS) -> T:
@@ -35,6 +50,8 @@ def retry(fn: Callable[[], T], what: str, attempts: int = ATTEMPTS) -> T:
         except PERMANENT:
             raise
         except Exception as e:
+            if is_bad_name(e):
+                raise
             if attempt == attempts - 1:
                 raise OSError(f"{what}: {type(e).__name__}: {e} (after {attempts} attempts)") from e
             time.sleep(BASE_DELAY_S * 2**attempt)
