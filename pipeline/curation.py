@@ -366,7 +366,9 @@ def _remove(url: str) -> None:
 
 def _plan(cfg: FilterConfig) -> tuple[list[dict], pa.Schema]:
     """Shard items (name, manifest URL, score URL or None) and the score schema, checked before any work."""
-    from pipeline.shards import Output, list_shards
+    from pipeline.levels import Levels
+    from pipeline.shards import Output, check_manifest_schema, list_shards
+    from schemas import output_columns
 
     manifest_urls = list_shards(cfg.manifest)
     scores = Output(cfg.scores)
@@ -386,10 +388,17 @@ def _plan(cfg: FilterConfig) -> tuple[list[dict], pa.Schema]:
     ]
     first = next(i["scores"] for i in items if i["scores"])
     schema = store.read_parquet_schema(first)
-    needed = ["id", "error", "score", *[f"p_{w}" for w in level_words(schema)]]
+    words = level_words(schema)
+    needed = ["id", "error", "score", *[f"p_{w}" for w in words]]
     absent = [c for c in needed if c not in schema.names]
     if absent:
         raise FilterError(f"{first}: not a score shard, missing column(s) {absent}")
+    # The manifest rules of the scoring job hold here too, checked from the footers before anything is written: a
+    # readable file, the manifest's columns, none named like a score column (in --where, `score` means the model's).
+    weights = tuple(float(len(words) - i) for i in range(len(words)))  # the scale of score_range
+    reserved = output_columns(Levels(tuple(words), weights))
+    for url in manifest_urls:
+        check_manifest_schema(url, reserved)
     return items, schema
 
 

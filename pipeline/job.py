@@ -26,8 +26,8 @@ from pipeline import registry, store
 from pipeline.levels import DEFAULT_LEVELS, Levels
 from pipeline.media import MediaError, MediaOptions, load_media
 from pipeline.scorer import Preprocessor, Scorer
-from pipeline.shards import Output, Shard, list_shards, validate_shards
-from schemas import scores_schema, validate_scores
+from pipeline.shards import Output, Shard, list_shards, read_shard, validate_shards
+from schemas import MANIFEST_V1, output_columns, scores_schema, validate_scores
 
 
 class JobError(RuntimeError):
@@ -115,7 +115,7 @@ def error_kind(error: str) -> str:
 
 def assemble(shard: Shard, results: pa.Table | None, config: JobConfig, ref: registry.ModelRef) -> pa.Table:
     """The output shard: the manifest's rows in their order, score columns first, extra columns carried through."""
-    manifest = store.read_parquet(shard.url)
+    manifest = read_shard(shard.url)
     if results is None:  # an empty manifest shard
         schema = pa.schema(
             [("id", pa.string()), ("frames", pa.int32()), ("error", pa.string())]
@@ -123,8 +123,11 @@ def assemble(shard: Shard, results: pa.Table | None, config: JobConfig, ref: reg
         )
         results = schema.empty_table()
     order = pc.index_in(manifest.column("id"), results.column("id"))
-    if order.null_count:
-        raise JobError(f"{shard.url}: {order.null_count} rows have no result (a bug: please report)")
+    if order.null_count:  # the file changed after validation (rows added or replaced), or a bug
+        raise JobError(
+            f"{shard.url}: {order.null_count} manifest row(s) have no result; nothing was committed for this shard "
+            "(was the file changed while the job ran? rerun to score it again)"
+        )
     results = results.take(order)
     n = manifest.num_rows
     schema = scores_schema(config.levels)
@@ -194,10 +197,11 @@ def run(config: JobConfig, log=print) -> dict:
     }
     check_previous_run(output, run_info, config.restart)
 
-    shards = validate_shards(list_shards(config.manifest))  # a bad manifest fails here, before any scoring
+    # A bad manifest fails here, before any scoring; so does a column the output would overwrite.
+    shards = validate_shards(list_shards(config.manifest), reserved=output_columns(config.levels))
     if config.task != "quality":
         for shard in shards:
-            media = store.read_parquet(shard.url, columns=["media_type"]).column("media_type")
+            media = read_shard(shard.url, columns=["media_type"]).column("media_type")
             if pc.any(pc.equal(media, "video")).as_py():
                 raise JobError(
                     f"{shard.url}: column 'media_type': videos are scored for quality only, not {config.task!r}"
@@ -213,15 +217,17 @@ def run(config: JobConfig, log=print) -> dict:
     ray_start_s = init_ray()
     counts: Counter = Counter()
     timing: dict[str, float] = {}
+    short: dict[str, str] = {}
     t_score = time.perf_counter()
     for shard in [s for s in pending if s.num_rows == 0]:  # nothing to score: commit the empty shard now
         counts += _commit(shard, [], config, ref, output)
     if any(s.num_rows for s in pending):
-        scored, timing = _score([s for s in pending if s.num_rows], config, ref, output, log)
+        scored, timing, short = _score([s for s in pending if s.num_rows], config, ref, output, log)
         counts += scored
     scoring_s = time.perf_counter() - t_score
 
-    markers = [store.read_json(output.marker_url(s.name)) for s in shards]
+    done = committed | {s.name for s in pending if s.name not in short}
+    markers = [store.read_json(output.marker_url(s.name)) for s in shards if s.name in done]
     total = Counter()
     for m in markers:
         total.update({"rows": m["rows"], "errors": m["errors"]})
@@ -244,7 +250,14 @@ def run(config: JobConfig, log=print) -> dict:
         },
     }
     rate = counts["errors"] / counts["rows"] if counts["rows"] else 0.0
-    if rate > config.max_error_rate:
+    if short:
+        summary["status"] = "failed"
+        summary["failure"] = (
+            f"{len(short)} shard(s) yielded fewer rows than their manifest holds, nothing committed for them: "
+            + ", ".join(f"{name} ({seen})" for name, seen in sorted(short.items()))
+            + "; the reader skips files it reads as empty or changed: check them, then rerun"
+        )
+    elif rate > config.max_error_rate:
         summary["status"] = "failed"
         summary["failure"] = (
             f"error rate {rate:.1%} over --max-error-rate {config.max_error_rate:.1%} "
@@ -263,9 +276,10 @@ def run(config: JobConfig, log=print) -> dict:
 
 def _score(
     pending: list[Shard], config: JobConfig, ref: registry.ModelRef, output: Output, log
-) -> tuple[Counter, dict[str, float]]:
-    """Run the pipeline over the pending shards, committing each as it completes. Returns counts and timings:
-    the time to the first scored rows (actor start-up and model load) and the steady rate after it."""
+) -> tuple[Counter, dict[str, float], dict[str, str]]:
+    """Run the pipeline over the pending shards, committing each as it completes. Returns counts, timings (the time
+    to the first scored rows, i.e. actor start-up and model load, and the steady rate after it) and the shards that
+    yielded fewer rows than validation counted (name -> "rows seen of rows expected"), which are not committed."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
@@ -292,6 +306,9 @@ def _score(
             include_paths=True,
             partitioning=None,
             num_cpus=0.25,
+            # Only the columns the stages need: extra manifest columns go to the output from the file itself, and
+            # a manifest column named `path` would clash with the path column include_paths adds.
+            columns=MANIFEST_V1.names,
         )
         .select_columns(["id", "uri", "media_type", "path"])
         # Small manifest files are read as one block; split into blocks of a few batches so that decoding and
@@ -338,14 +355,17 @@ def _score(
                 f"progress: {done} rows ({done / (last_log - t0):.1f} rows/s), {counts['shards']} shards "
                 f"committed, {counts['errors']} errors so far"
             )
-    if parts:
-        raise JobError(f"shards ended incomplete: {sorted(parts)} (rows seen {dict(seen)})")
-    steady_s = time.perf_counter() - t_first
-    steady_rows = sum(seen.values()) - rows_first
-    timing = {"first_result_s": round(t_first - t0, 2)}
-    if steady_rows and steady_s > 0:
-        timing["steady_rows_per_s"] = round(steady_rows / steady_s, 2)
-    return counts, timing
+    # Ray Data skips files it reads as zero-size, and a file changed after validation may hold fewer rows: such a
+    # shard never completes, so it is never committed; the job fails naming it (rows seen of rows expected).
+    short = {s.name: f"{seen[s.name]} of {s.num_rows} rows" for s in pending if seen[s.name] < s.num_rows}
+    timing = {}
+    if t_first is not None:  # no rows at all: nothing to time
+        steady_s = time.perf_counter() - t_first
+        steady_rows = sum(seen.values()) - rows_first
+        timing["first_result_s"] = round(t_first - t0, 2)
+        if steady_rows and steady_s > 0:
+            timing["steady_rows_per_s"] = round(steady_rows / steady_s, 2)
+    return counts, timing, short
 
 
 def _commit(shard: Shard, parts: list[pa.Table], config: JobConfig, ref: registry.ModelRef, output: Output) -> Counter:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from pipeline import registry, store
 from pipeline.evaluation import evaluate_on_ray
-from pipeline.shards import check_ids_across_shards, list_shards
+from pipeline.shards import check_ids_across_shards, list_shards, unreadable
 from pipeline.synthetic import write_label_shard
 from pipeline.training import EXPORT_DIR, Recipe, Scaling, fit
 from pipeline.visual_prompt import CONFIG as PROMPT_CONFIG
@@ -59,7 +59,10 @@ def read_label_shards(labels: str, eval_split: str = "eval") -> list[LabelShard]
     for url in list_shards(labels, recursive=True):
         fs, path = store.filesystem(url)
         data = store.retry(lambda fs=fs, path=path: fs.cat_file(path), f"read {url}")
-        table = pq.read_table(io.BytesIO(data))
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except (pa.ArrowException, OSError) as e:  # not Parquet, truncated, corrupt
+            raise unreadable(url, e) from e
         validate_labels(table, url, splits=("train", eval_split))
         shards.append(LabelShard(url, "sha256:" + hashlib.sha256(data).hexdigest(), table))
     check_ids_across_shards([s.url for s in shards], [s.table.column("id") for s in shards])

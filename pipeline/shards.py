@@ -7,6 +7,7 @@ written again by a rerun; a committed shard is never touched again.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import store
-from schemas import MANIFEST_V1, SchemaError, check_columns, validate_manifest
+from schemas import LOST_IN_OUTPUT, MANIFEST_V1, SchemaError, check_columns, check_reserved, validate_manifest
 
 
 def list_shards(manifest: str, recursive: bool = False) -> list[str]:
@@ -48,12 +49,46 @@ class Shard:
     num_rows: int
 
 
-def validate_shards(urls: list[str]) -> list[Shard]:
-    """Check every shard against the manifest schema, and ids across all shards, before any scoring starts."""
+def unreadable(url: str, e: Exception) -> SchemaError:
+    """The validation error for a shard file that cannot be read as Parquet."""
+    return SchemaError(url, None, f"not a readable Parquet file: {type(e).__name__}: {str(e)[:300]}")
+
+
+def read_shard_schema(url: str) -> pa.Schema:
+    """A shard's schema from its footer; a file that is not Parquet, truncated or unreadable is a SchemaError."""
+    try:
+        return store.read_parquet_schema(url)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise unreadable(url, e) from e
+
+
+def read_shard(url: str, columns: list[str] | None = None) -> pa.Table:
+    """A shard's rows (all columns, or `columns`); corrupt data is a SchemaError naming the shard, as in
+    read_shard_schema."""
+    try:
+        return store.read_parquet(url, columns=columns)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise unreadable(url, e) from e
+
+
+def check_manifest_schema(url: str, reserved: Collection[str] = ()) -> pa.Schema:
+    """A shard's schema: readable, with the manifest's columns, and none named like a score output column."""
+    schema = read_shard_schema(url)
+    check_columns(schema, MANIFEST_V1, url)  # a missing column, named, before reading
+    check_reserved(schema, reserved, url, LOST_IN_OUTPUT)
+    return schema
+
+
+def validate_shards(urls: list[str], reserved: Collection[str] = ()) -> list[Shard]:
+    """Check every shard against the manifest schema, and ids across all shards, before any scoring starts.
+
+    `reserved`: the names of the columns the output adds (schemas.output_columns); a manifest column with one of
+    them is refused, since its values would be replaced in the output.
+    """
     shards, ids = [], []
     for url in urls:
-        check_columns(store.read_parquet_schema(url), MANIFEST_V1, url)  # a missing column, named, before reading
-        table = store.read_parquet(url, columns=MANIFEST_V1.names)
+        check_manifest_schema(url, reserved)
+        table = read_shard(url, columns=MANIFEST_V1.names)
         validate_manifest(table, url)
         shards.append(Shard(url, store.basename(url), table.num_rows))
         ids.append(table.column("id"))

@@ -24,7 +24,8 @@ T = TypeVar("T")
 
 ATTEMPTS = 4
 BASE_DELAY_S = 0.5
-# Errors that another try cannot fix.
+# Errors that another try cannot fix. (Arrow reports corrupt Parquet pages as a plain OSError, like a storage error:
+# those are retried, and fail after the retries.)
 PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, ValueError, TypeError)
 # OS error numbers that mean "this name can never work": too long, a directory, an invalid argument (s3fs maps
 # S3's KeyTooLongError to ENAMETOOLONG and InvalidBucketName/InvalidURI/InvalidArgument to EINVAL).

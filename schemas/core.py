@@ -1,9 +1,14 @@
-"""Schema checks shared by every table: required columns, their types, nulls, and unique ids."""
+"""Schema checks shared by every table: required columns, their types, nulls, ids, and reserved column names."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import pyarrow as pa
 import pyarrow.compute as pc
+
+# Ids are keys in every output and object-store key sized: at most 1024 bytes of UTF-8, as an S3 key.
+MAX_ID_BYTES = 1024
 
 
 class SchemaError(ValueError):
@@ -49,3 +54,32 @@ def check_unique_ids(table: pa.Table, source: str, column: str = "id") -> None:
     if len(dupes):
         sample = ", ".join(repr(v) for v in dupes.field("values").to_pylist()[:5])
         raise SchemaError(source, column, f"{len(dupes)} duplicate id(s), e.g. {sample}")
+
+
+def check_ids(table: pa.Table, source: str, column: str = "id") -> None:
+    """Ids are non-empty (not blank), at most MAX_ID_BYTES of UTF-8, and unique. Nulls are check_columns' job."""
+    ids = table.column(column)
+    blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(ids)), 0), False)
+    if pc.any(blank).as_py():
+        rows = pc.indices_nonzero(blank).to_pylist()[:3]
+        raise SchemaError(source, column, f"{pc.sum(blank).as_py()} empty or blank id(s), e.g. at rows {rows}")
+    long = pc.fill_null(pc.greater(pc.binary_length(ids), MAX_ID_BYTES), False)
+    if pc.any(long).as_py():
+        sample = ids.filter(long)[0].as_py()
+        raise SchemaError(
+            source,
+            column,
+            f"{pc.sum(long).as_py()} id(s) longer than {MAX_ID_BYTES} bytes, e.g. {sample[:40]!r}... "
+            f"({len(sample.encode())} bytes)",
+        )
+    check_unique_ids(table, source, column)
+
+
+def check_reserved(schema: pa.Schema, reserved: Collection[str], source: str, why: str) -> None:
+    """Refuse columns with reserved names (`why` says what would go wrong), before any row is read.
+
+    Refused rather than renamed under a prefix: a renamed column would break whoever reads the data by its names.
+    """
+    clash = [name for name in schema.names if name in reserved]
+    if clash:
+        raise SchemaError(source, clash[0], f"column(s) {clash} {why}; rename them (reserved: {sorted(reserved)})")

@@ -3,7 +3,9 @@
 A shard is a batch of new human ratings: `labels/<batch>/part-*.parquet`. Each row names the item (id, uri,
 media_type), what was rated (task), the mean opinion score with the scale it was given on (scale_min..scale_max),
 optionally the spread of the individual ratings (mos_std), and which split it belongs to: "train" rows may be trained
-on, "eval" rows are held out and only ever measured. Extra columns are allowed and ignored.
+on, "eval" rows are held out and only ever measured. Extra columns are allowed and ignored, except those named like
+the score output's columns (`score`, `p_good`, `error`, ...): a label shard is a manifest too (it can be scored), where
+they would be lost, and beside `mos` they would be taken for ratings they are not.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.core import SchemaError, check_columns, check_unique_ids
+from schemas.core import SchemaError, check_columns, check_ids, check_reserved
 from schemas.manifest import MEDIA_TYPES
+from schemas.scores import output_columns
 
 LABEL_TASKS = ("quality", "aesthetics")  # the tasks the scorer has prompts for (pipeline.scorer.TASKS)
 LABEL_SPLITS = ("train", "eval")
@@ -46,6 +49,8 @@ def validate_labels(table: pa.Table, source: str, splits: tuple[str, ...] = LABE
     `splits` are the allowed split names (the retraining job passes ("train", its --eval-split)).
     """
     check_columns(table, LABELS_V1, source)
+    reserved = output_columns() - set(LABELS_V1.names)  # `task` means the same in both
+    check_reserved(table.schema, reserved, source, "have the names of score output columns, not of label columns")
     for name, kind in OPTIONAL.items():
         if name in table.column_names:
             check_columns(table.select([name]), pa.schema([pa.field(name, kind)]), source)
@@ -75,4 +80,4 @@ def validate_labels(table: pa.Table, source: str, splits: tuple[str, ...] = LABE
         std = table.column("mos_std").cast(pa.float64())
         negative = pc.and_kleene(std.is_valid(), pc.invert(pc.greater_equal(std, 0.0)))
         _fail_where(table, negative, source, "mos_std", "have a negative or non-finite mos_std")
-    check_unique_ids(table, source)
+    check_ids(table, source)

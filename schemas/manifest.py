@@ -5,13 +5,13 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.core import SchemaError, check_columns, check_unique_ids
+from schemas.core import SchemaError, check_columns, check_ids
 
 MEDIA_TYPES = ("image", "video")
 
 MANIFEST_V1 = pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),  # unique across the whole manifest
+        pa.field("id", pa.string(), nullable=False),  # unique across the whole manifest, non-empty, <= 1024 bytes
         pa.field("uri", pa.string(), nullable=False),  # any fsspec URL or path
         pa.field("media_type", pa.string(), nullable=False),  # "image" | "video"
     ],
@@ -29,4 +29,4 @@ def validate_manifest(table: pa.Table, source: str) -> None:
     empty = pc.equal(pc.utf8_length(table.column("uri")), 0)
     if pc.any(empty).as_py():
         raise SchemaError(source, "uri", f"{pc.sum(empty).as_py()} empty URI(s)")
-    check_unique_ids(table, source)
+    check_ids(table, source)

@@ -35,6 +35,16 @@ def scores_schema(levels: Levels = DEFAULT_LEVELS) -> pa.Schema:
     )
 
 
+# Why a manifest may not have a column named like one the score shards add (see output_columns).
+LOST_IN_OUTPUT = "have the names of score output columns: their values would be lost in the output"
+
+
+def output_columns(levels: Levels = DEFAULT_LEVELS) -> frozenset[str]:
+    """The columns a score shard adds to its manifest's id, uri and media_type. A manifest column with one of these
+    names would be replaced by the job's value in the output, so such a manifest is refused before scoring."""
+    return frozenset(scores_schema(levels).names) - {"id", "uri", "media_type"}
+
+
 def validate_scores(table: pa.Table, source: str, levels: Levels = DEFAULT_LEVELS) -> None:
     check_columns(table, scores_schema(levels), source)
     check_unique_ids(table, source)

@@ -324,3 +324,53 @@ def test_empty_manifest_shard_gets_an_empty_committed_output(ray_cluster, corpus
     shards = read_output(output)
     assert len(shards["part-00000.parquet"]) == 2 and shards["part-00001.parquet"] == []
     assert committed(output) == 2
+
+
+def test_manifest_columns_named_like_output_columns_or_unreadable_shards_fail_before_scoring(
+    corpus, tiny_models, tmp_path
+):
+    manifest, output = tmp_path / "manifest", tmp_path / "scores"
+    rows = [{**row, "score": row["mos"], "model": "human"} for row in corpus[:4]]  # the user's own columns
+    write_manifest(rows, str(manifest), num_shards=2)
+    with pytest.raises(SchemaError) as err:
+        run(config(str(manifest), str(output), tiny_models["llava"]))
+    assert "part-00000.parquet" in str(err.value) and "['score', 'model']" in str(err.value)
+    assert not output.exists()  # refused before anything was written
+
+    write_manifest(corpus[:4], str(manifest), num_shards=2)
+    (manifest / "part-00001.parquet").write_text("id,uri,media_type\n")  # a CSV file named .parquet
+    with pytest.raises(SchemaError, match="part-00001.parquet: table: not a readable Parquet file"):
+        run(config(str(manifest), str(output), tiny_models["llava"]))
+    assert not output.exists()
+
+
+def test_shards_that_yield_fewer_rows_than_validated_fail_the_job_and_are_not_committed(
+    ray_cluster, corpus, tiny_models, tmp_path
+):
+    manifest, output = tmp_path / "manifest", str(tmp_path / "scores")
+    rows = [{**row, "path": f"user-{i}"} for i, row in enumerate(corpus[:6])]  # `path` is the user's, not Ray's
+    write_manifest(rows, str(manifest), num_shards=3)
+    originals = {p.name: p.read_bytes() for p in manifest.glob("*.parquet")}
+
+    def change_files_after_validation(message: str) -> None:
+        # Between validation and reading (the job logs its plan in between), two shards change under the job:
+        # one becomes a zero-byte file (which Ray Data skips without a word), one loses a row.
+        if message.startswith("manifest:"):
+            (manifest / "part-00001.parquet").write_bytes(b"")
+            fewer = pq.read_table(pa.BufferReader(originals["part-00002.parquet"])).slice(0, 1)
+            pq.write_table(fewer, manifest / "part-00002.parquet")
+
+    with pytest.raises(JobError) as err:
+        run(config(str(manifest), output, tiny_models["llava"]), log=change_files_after_validation)
+    message = str(err.value)
+    assert "part-00001.parquet (0 of 2 rows)" in message and "part-00002.parquet (1 of 2 rows)" in message
+    assert committed(output) == 1 and sorted(read_output(output)) == ["part-00000.parquet"]  # only the whole shard
+    first = read_output(output)["part-00000.parquet"]
+    assert [r["path"] for r in first] == ["user-0", "user-1"]  # the user's `path` column, carried through
+    run_json = json.loads((Path(output) / "_run.json").read_text())
+    assert run_json["status"] == "failed" and "part-00001.parquet" in run_json["failure"]
+
+    for name, data in originals.items():  # the files restored, a rerun scores the two shards, once
+        (manifest / name).write_bytes(data)
+    summary = run(config(str(manifest), output, tiny_models["llava"]))
+    assert summary["this_run"]["shards"] == 2 and sorted(all_ids(output)) == sorted(r["id"] for r in rows)

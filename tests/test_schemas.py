@@ -1,10 +1,13 @@
 from datetime import datetime, timezone
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from pipeline.levels import DEFAULT_LEVELS
-from schemas import SchemaError, scores_schema, validate_manifest, validate_scores
+from pipeline import store
+from pipeline.levels import DEFAULT_LEVELS, Levels
+from pipeline.shards import validate_shards
+from schemas import MAX_ID_BYTES, SchemaError, output_columns, scores_schema, validate_manifest, validate_scores
 
 
 def manifest(**overrides):
@@ -44,6 +47,9 @@ def test_valid_manifest_with_extra_columns_passes():
         (manifest(id=["a", None]), "id", "null"),
         (manifest(media_type=["image", "audio"]), "media_type", "audio"),
         (manifest(uri=["", "/b"]), "uri", "empty"),
+        (manifest(id=["a", ""]), "id", "1 empty or blank id(s), e.g. at rows [1]"),
+        (manifest(id=[" \t", "b"]), "id", "1 empty or blank id(s), e.g. at rows [0]"),
+        (manifest(id=["a", "é" * 513]), "id", "longer than 1024 bytes"),  # 513 characters, 1026 bytes of UTF-8
     ],
 )
 def test_bad_manifest_names_file_column_and_problem(table, column, problem):
@@ -52,6 +58,65 @@ def test_bad_manifest_names_file_column_and_problem(table, column, problem):
     msg = str(err.value)
     assert "part-00003.parquet" in msg and f"'{column}'" in msg and problem in msg
     assert err.value.column == column
+
+
+def test_ids_up_to_the_maximum_length_pass():
+    assert MAX_ID_BYTES == 1024
+    validate_manifest(manifest(id=["a" * 1024, "é" * 512]), "p")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Shard files: unreadable files and reserved column names fail validation, naming the file (and the columns)
+
+
+def write_shard(path, table: pa.Table) -> str:
+    pq.write_table(table, path)
+    return str(path)
+
+
+def test_unreadable_shard_files_are_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "BASE_DELAY_S", 0.0)  # corrupt pages read as an OSError, which is retried first
+    good = write_shard(tmp_path / "part-00000.parquet", manifest(id=[f"id-{i}" for i in range(2)]))
+    data = open(good, "rb").read()
+    corrupt = bytearray(data)
+    corrupt[4 : len(data) // 2] = b"\xff" * (len(data) // 2 - 4)  # pages overwritten, footer intact
+    contents = {
+        "not Parquet": b"id,uri,media_type\na,/a.jpg,image\n",
+        "truncated": data[: len(data) // 2],
+        "empty": b"",
+        "corrupt pages": bytes(corrupt),
+    }
+    for what, content in contents.items():
+        bad = tmp_path / "part-00001.parquet"
+        bad.write_bytes(content)
+        with pytest.raises(SchemaError, match="not a readable Parquet file") as err:
+            validate_shards([good, str(bad)])
+        assert err.value.source == str(bad), what
+
+
+def test_columns_named_like_output_columns_are_refused_naming_shard_and_columns(tmp_path):
+    reserved = output_columns(DEFAULT_LEVELS)
+    assert reserved == {
+        "task",
+        *DEFAULT_LEVELS.columns,
+        "score",
+        "frames",
+        "model",
+        "model_revision",
+        "error",
+        "scored_at",
+    }
+    good = write_shard(tmp_path / "part-00000.parquet", manifest())
+    clash = write_shard(tmp_path / "part-00001.parquet", manifest(id=["c", "d"], score=[1.0, 2.0], error=["x", "y"]))
+    with pytest.raises(SchemaError) as err:
+        validate_shards([good, clash], reserved=reserved)
+    assert err.value.source == clash and "['score', 'error']" in str(err.value)
+    assert [s.num_rows for s in validate_shards([good, clash])] == [2, 2]  # only the job's names are reserved
+    custom = Levels(("high", "low"), (2.0, 1.0))
+    with pytest.raises(SchemaError, match="p_high"):
+        validate_shards(
+            [write_shard(tmp_path / "part-00002.parquet", manifest(p_high=[0.5, 0.5]))], reserved=output_columns(custom)
+        )
 
 
 def test_scores_schema_has_one_float_column_per_level_and_checks_scores():

@@ -22,7 +22,7 @@ from pipeline import models, registry, store
 from pipeline.corpus import load_photo, pan_zoom_frames, write_video
 from pipeline.evaluation import correlations, predict
 from pipeline.media import Media
-from pipeline.retrain import Plan, decide
+from pipeline.retrain import Plan, decide, read_label_shards
 from pipeline.scorer import Scorer, prompt_for
 from pipeline.syllabus import Syllabus, answer_sentence, level_target, questions
 from pipeline.synthetic import build_learning_set, write_label_shard
@@ -72,12 +72,28 @@ def test_label_schema_accepts_valid_shards():
         ({"id": ["a", "a", "c"]}, "id", "duplicate"),
         ({"mos_std": [0.5, -1.0, 0.3]}, "mos_std", "negative"),
         ({"mos": [1.0, float("nan"), 4.2]}, "mos", "non-finite"),
+        ({"id": ["a", "", "c"]}, "id", "empty or blank"),
+        ({"id": ["a", "b", "c" * 1025]}, "id", "longer than 1024 bytes"),
+        ({"score": [3.0, 4.0, 5.0]}, "score", r"\['score'\] have the names of score output columns"),
+        ({"p_good": [0.1, 0.2, 0.3], "error": ["", "", ""]}, "p_good", r"\['p_good', 'error'\]"),
     ],
 )
 def test_label_schema_names_the_bad_column(overrides, column, problem):
     with pytest.raises(SchemaError, match=problem) as err:
         validate_labels(labels_table(**overrides), "bad.parquet")
     assert err.value.column == column and "bad.parquet" in str(err.value)
+
+
+def test_unreadable_label_shards_are_named(tmp_path):
+    good = write_label_shard(labels_table().to_pylist(), str(tmp_path / "labels" / "a" / "part-0.parquet"))
+    data = Path(good).read_bytes()
+    (tmp_path / "labels" / "b").mkdir()
+    bad = tmp_path / "labels" / "b" / "part-0.parquet"
+    for content in [b"id,uri\n1,/x.png\n", data[: len(data) // 2], b""]:  # CSV named .parquet, truncated, empty
+        bad.write_bytes(content)
+        with pytest.raises(SchemaError, match="not a readable Parquet file") as err:
+            read_label_shards(str(tmp_path / "labels"))
+        assert err.value.source == str(bad)
 
 
 def test_label_schema_missing_column_and_custom_eval_split():
