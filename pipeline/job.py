@@ -299,18 +299,20 @@ def _score(
     fs, _ = store.arrow_filesystem(pending[0].url)
     paths = [store.filesystem(s.url)[1] for s in pending]
     stage_args = dict(model_path=ref.path, task=config.task, levels=config.levels)
+    seen: Counter = Counter()
+    try:
+        source = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, partitioning=None, num_cpus=0.25)
+    except ValueError as e:
+        if "no files found" not in str(e):
+            raise
+        # Every pending file reads as zero-size now (they changed after validation): no row can come.
+        return Counter(), {}, _short_shards(pending, seen)
     ds = (
-        ray.data.read_parquet(
-            paths,
-            filesystem=fs,
-            include_paths=True,
-            partitioning=None,
-            num_cpus=0.25,
-            # Only the columns the stages need: extra manifest columns go to the output from the file itself, and
-            # a manifest column named `path` would clash with the path column include_paths adds.
-            columns=MANIFEST_V1.names,
-        )
-        .select_columns(["id", "uri", "media_type", "path"])
+        source
+        # Only what the stages need (Ray pushes this down into the read). Extra manifest columns reach the output
+        # from the file itself, in `assemble`: a manifest's own `path` column is replaced here by the file's path,
+        # which only routes rows to their shard, and is written to the output unchanged.
+        .select_columns([*MANIFEST_V1.names, "path"])
         # Small manifest files are read as one block; split into blocks of a few batches so that decoding and
         # scoring overlap (streaming) and finished rows reach the driver, and its commits, early.
         .repartition(target_num_rows_per_block=config.batch_size * 8)
@@ -334,7 +336,6 @@ def _score(
     )
     by_path = {p: s for p, s in zip(paths, pending)}
     parts: dict[str, list[pa.Table]] = defaultdict(list)
-    seen: Counter = Counter()
     counts: Counter = Counter()
     last_log = t0 = time.perf_counter()
     t_first, rows_first = None, 0
@@ -355,9 +356,7 @@ def _score(
                 f"progress: {done} rows ({done / (last_log - t0):.1f} rows/s), {counts['shards']} shards "
                 f"committed, {counts['errors']} errors so far"
             )
-    # Ray Data skips files it reads as zero-size, and a file changed after validation may hold fewer rows: such a
-    # shard never completes, so it is never committed; the job fails naming it (rows seen of rows expected).
-    short = {s.name: f"{seen[s.name]} of {s.num_rows} rows" for s in pending if seen[s.name] < s.num_rows}
+    short = _short_shards(pending, seen)
     timing = {}
     if t_first is not None:  # no rows at all: nothing to time
         steady_s = time.perf_counter() - t_first
@@ -366,6 +365,15 @@ def _score(
         if steady_rows and steady_s > 0:
             timing["steady_rows_per_s"] = round(steady_rows / steady_s, 2)
     return counts, timing, short
+
+
+def _short_shards(pending: list[Shard], seen: Counter) -> dict[str, str]:
+    """Shards that yielded fewer rows than validation counted: name -> "rows seen of rows expected".
+
+    Ray Data skips files it reads as zero-size, and a file changed after validation may hold fewer rows: such a
+    shard never completes, so it is never committed, and the job fails naming it.
+    """
+    return {s.name: f"{seen[s.name]} of {s.num_rows} rows" for s in pending if seen[s.name] < s.num_rows}
 
 
 def _commit(shard: Shard, parts: list[pa.Table], config: JobConfig, ref: registry.ModelRef, output: Output) -> Counter:

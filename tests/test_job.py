@@ -374,3 +374,17 @@ def test_shards_that_yield_fewer_rows_than_validated_fail_the_job_and_are_not_co
         (manifest / name).write_bytes(data)
     summary = run(config(str(manifest), output, tiny_models["llava"]))
     assert summary["this_run"]["shards"] == 2 and sorted(all_ids(output)) == sorted(r["id"] for r in rows)
+
+
+def test_no_rows_at_all_fails_naming_the_shard(ray_cluster, corpus, tiny_models, tmp_path):
+    # The case that crashed the scoring loop (TypeError on the time of the first rows): no rows come back at all.
+    manifest, output = tmp_path / "manifest", str(tmp_path / "scores")
+    write_manifest(corpus[:2], str(manifest), num_shards=1)
+
+    def empty_the_shard(message: str) -> None:
+        if message.startswith("manifest:"):
+            (manifest / "part-00000.parquet").write_bytes(b"")  # Ray Data reads it as nothing, silently
+
+    with pytest.raises(JobError, match=r"part-00000.parquet \(0 of 2 rows\)"):
+        run(config(str(manifest), output, tiny_models["llava"]), log=empty_the_shard)
+    assert committed(output) == 0 and read_output(output) == {}
