@@ -18,6 +18,7 @@ from pipeline import store
 from pipeline.corpus import build_sample_corpus
 from pipeline.curation import FilterConfig, FilterError, run_filter
 from pipeline.job import JobConfig, run
+from schemas import SchemaError
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = ["excellent", "good", "fair", "poor", "bad"]
@@ -152,6 +153,26 @@ def test_missing_scores_fail_unless_dropped(sample, tmp_path):
     summary = run_filter(FilterConfig(str(grown), scores, str(out), drop_missing=True), log=lambda *_: None)
     assert summary["rows_in"] == 12 and summary["rows_dropped"]["missing_scores"] == 1
     assert summary["rows_kept"] == 10 and "new-row" not in set(read_dir(str(out)).id)
+
+
+def test_manifest_rules_hold_for_the_filter_before_any_output(sample, tmp_path):
+    manifest, scores = sample
+    odd = tmp_path / "manifest"
+    shutil.copytree(manifest, odd)
+    table = pq.read_table(odd / "part-00001.parquet")
+    # The user's own `score` column: `--min-score` and `--where score ...` mean the model's, so it is refused.
+    pq.write_table(table.append_column("score", pa.array([5.0] * table.num_rows)), odd / "part-00001.parquet")
+    out = tmp_path / "out"
+    with pytest.raises(SchemaError) as err:
+        run_filter(FilterConfig(str(odd), scores, str(out), min_score=3.0), log=lambda *_: None)
+    assert err.value.source.endswith("part-00001.parquet") and "['score']" in str(err.value)
+    assert not out.exists()
+
+    pq.write_table(table, odd / "part-00001.parquet")
+    (odd / "part-00002.parquet").write_bytes(b"PAR1 but no more")  # not a Parquet file
+    with pytest.raises(SchemaError, match="part-00002.parquet: table: not a readable Parquet file"):
+        run_filter(FilterConfig(str(odd), scores, str(out), min_score=3.0), log=lambda *_: None)
+    assert not out.exists()
 
 
 def test_output_is_not_overwritten_unless_asked(sample, tmp_path):
