@@ -255,7 +255,7 @@ def run(config: JobConfig, log=print) -> dict:
         summary["failure"] = (
             f"{len(short)} shard(s) yielded fewer rows than their manifest holds, nothing committed for them: "
             + ", ".join(f"{name} ({seen})" for name, seen in sorted(short.items()))
-            + "; the reader skips files it reads as empty or changed: check them, then rerun"
+            + " (changed or emptied after validation? Ray Data skips files it reads as zero-size): check them, rerun"
         )
     elif rate > config.max_error_rate:
         summary["status"] = "failed"
@@ -299,14 +299,13 @@ def _score(
     fs, _ = store.arrow_filesystem(pending[0].url)
     paths = [store.filesystem(s.url)[1] for s in pending]
     stage_args = dict(model_path=ref.path, task=config.task, levels=config.levels)
-    seen: Counter = Counter()
     try:
         source = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, partitioning=None, num_cpus=0.25)
     except ValueError as e:
         if "no files found" not in str(e):
             raise
         # Every pending file reads as zero-size now (they changed after validation): no row can come.
-        return Counter(), {}, _short_shards(pending, seen)
+        return Counter(), {}, _short_shards(pending, Counter())
     ds = (
         source
         # Only what the stages need (Ray pushes this down into the read). Extra manifest columns reach the output
@@ -336,6 +335,7 @@ def _score(
     )
     by_path = {p: s for p, s in zip(paths, pending)}
     parts: dict[str, list[pa.Table]] = defaultdict(list)
+    seen: Counter = Counter()
     counts: Counter = Counter()
     last_log = t0 = time.perf_counter()
     t_first, rows_first = None, 0

@@ -174,13 +174,13 @@ def _read_once(fs: fsspec.AbstractFileSystem, path: str, uri: str, options: Medi
     size = info.get("size")
     if size is not None:
         _check_size(int(size), uri, limit)
-    sniffed = size is not None and int(size) <= SNIFF_ABOVE_BYTES
-    if not sniffed:  # a large (or unsized) object: its first KB must look like the media type before the rest
+    small = size is not None and int(size) <= SNIFF_ABOVE_BYTES
+    if not small:  # a large (or unsized) object: its first KB must look like the media type before the rest
         sniff_format(fs.cat_file(path, start=0, end=SNIFF_BYTES), media_type, uri)
     # A bounded range: the listed size may be missing or stale, and an object must never cost more than its limit.
     data = fs.cat_file(path, start=0, end=limit + 1)
     _check_size(len(data), uri, limit, read=True)
-    if sniffed:
+    if small:  # sniffed from the bytes in hand: one request instead of two
         sniff_format(data[:SNIFF_BYTES], media_type, uri)
     return data
 
