@@ -647,7 +647,7 @@ def test_an_object_without_a_listed_size_costs_at_most_the_limit(tmp_path, monke
 # URIs that can never work: bad_uri, at once, without retries
 
 
-def test_names_that_can_never_work_are_bad_uri(tmp_path, zoo):
+def test_names_that_can_never_work_are_bad_uri(tmp_path, zoo, s3_endpoint):
     too_long = str(tmp_path / ("x" * 300 + ".jpg"))  # a path component over NAME_MAX (255): ENAMETOOLONG
     for uri in [too_long, zoo["directory"][0], str(tmp_path / "nul\0byte.jpg"), "s3://Not_A_Bucket!/key.jpg"]:
         with pytest.raises(MediaError) as info:
