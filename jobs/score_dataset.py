@@ -19,7 +19,10 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     p.add_argument("--manifest", required=True, help="folder (or glob) of manifest Parquet shards, any fsspec URL")
     p.add_argument("--output", required=True, help="output folder for score shards, any fsspec URL")
     p.add_argument("--model", required=True, help="model folder, hub id, or registry entry (folder with CURRENT)")
-    p.add_argument("--model-revision", help="record this revision instead of the computed one")
+    p.add_argument(
+        "--model-revision",
+        help="hub id: branch, tag, commit or refs/pr/N (default main); registry entry: version (default CURRENT)",
+    )
     p.add_argument("--task", choices=["quality", "aesthetics"], default="quality")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-scorers", type=int, help="scorer actors (default: one per GPU, 1 without GPUs)")

@@ -181,7 +181,10 @@ def run(config: JobConfig, log=print) -> dict:
     """Score every uncommitted shard of the manifest. Returns the run summary (also written to _run.json)."""
 
     t0 = time.perf_counter()
-    ref = registry.resolve(config.model, config.model_revision)
+    try:
+        ref = registry.resolve(config.model, config.model_revision)
+    except (ValueError, OSError) as e:  # no such folder, version or hub revision; a revision on a plain folder
+        raise JobError(f"--model {config.model}: {e}") from e
     output = Output(config.output)
     run_info = {
         "model": config.model,
