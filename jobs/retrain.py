@@ -21,6 +21,7 @@ from dataclasses import fields
 
 from pipeline.retrain import RetrainConfig, retrain
 from pipeline.training import METHODS, Recipe, Scaling
+from pipeline.watchdog import DEFAULT_STALL_S, StallError
 from schemas import SchemaError
 
 
@@ -49,11 +50,14 @@ def parse_args(argv: list[str] | None = None) -> RetrainConfig:
     p.add_argument("--lora-alpha", type=int, help="default: 2 * lora-r")
     p.add_argument("--prompt-pixels", type=int, default=30, help="visual-prompt border width in pixels")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--data-cpus", type=float, default=1.0, help="CPUs per example-preparing actor")
+    p.add_argument("--cpus-per-worker", type=float, help="default: the CPUs the example actors leave, split evenly")
+    p.add_argument("--data-cpus", type=float, help="CPUs per example-preparing actor (default 1; 0.5 below 8 CPUs)")
     p.add_argument("--data-actors", type=int, default=2, help="at most this many example-preparing actors")
     p.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the last checkpoint")
     p.add_argument("--fit-items", type=int, default=1000, help="training items scored to measure the fit")
+    p.add_argument(
+        "--stall-timeout", type=float, default=DEFAULT_STALL_S, help="fail when work cannot be placed this long (s)"
+    )
     a = p.parse_args(argv)
     try:  # the configs check their values; a bad one is a usage error
         return RetrainConfig(
@@ -67,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> RetrainConfig:
             eval_split=a.eval_split,
             all_labels=a.all_labels,
             fit_items=a.fit_items,
+            stall_timeout_s=a.stall_timeout,
         )
     except ValueError as e:
         p.error(str(e))
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
         outcome = retrain(config)
-    except (SchemaError, FileNotFoundError, ValueError) as e:
+    except (SchemaError, FileNotFoundError, ValueError, StallError) as e:
         print(f"retrain: FAILED: {e}", file=sys.stderr, flush=True)
         return 1
     if outcome.version:

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from pipeline.job import JobConfig, JobError, run
+from pipeline.watchdog import DEFAULT_STALL_S, StallError
 from schemas import SchemaError
 
 
@@ -31,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     p.add_argument("--max-frames", type=int, default=16, help="frame cap per video (uniform subsampling)")
     p.add_argument("--max-error-rate", type=float, default=0.05, help="fail the job above this fraction of errors")
     p.add_argument("--restart", action="store_true", help="delete an existing output and start over")
+    p.add_argument(
+        "--stall-timeout", type=float, default=DEFAULT_STALL_S, help="fail when no stage progresses this long (s)"
+    )
     a = p.parse_args(argv)
     if a.batch_size < 1 or a.max_frames < 1 or a.fps <= 0 or not 0 <= a.max_error_rate <= 1:
         p.error("--batch-size and --max-frames must be >= 1, --fps > 0, --max-error-rate in [0, 1]")
@@ -47,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
         max_error_rate=a.max_error_rate,
         restart=a.restart,
         model_revision=a.model_revision,
+        stall_timeout_s=a.stall_timeout,
     )
 
 
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
         run(config)
-    except (JobError, SchemaError, FileNotFoundError) as e:
+    except (JobError, SchemaError, FileNotFoundError, StallError) as e:
         print(f"score_dataset: FAILED: {e}", file=sys.stderr, flush=True)
         return 1
     return 0

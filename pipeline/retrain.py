@@ -30,6 +30,7 @@ from pipeline.synthetic import write_label_shard
 from pipeline.training import EXPORT_DIR, Recipe, Scaling, fit
 from pipeline.visual_prompt import CONFIG as PROMPT_CONFIG
 from pipeline.visual_prompt import WEIGHTS as PROMPT_WEIGHTS
+from pipeline.watchdog import DEFAULT_STALL_S, watched
 from schemas import SchemaError, validate_labels
 
 # ------------------------------------------------------------------------------------------------------------
@@ -87,6 +88,7 @@ class RetrainConfig:
     eval_split: str = "eval"
     all_labels: bool = False  # train on the training rows of every shard, not only the new shards'
     fit_items: int = 1000  # at most this many training items are scored to measure the fit
+    stall_timeout_s: float = DEFAULT_STALL_S  # work the cluster cannot place for this long fails the run
 
     def __post_init__(self) -> None:
         if self.recipe.batch_size < self.scaling.num_workers:
@@ -211,6 +213,15 @@ def _ensure_ray() -> None:
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, logging_level="WARNING")
 
 
+def _cluster_size() -> tuple[float, float, float]:
+    """(CPUs, GPUs, CPUs of the largest node) of the cluster Ray is connected to."""
+    import ray
+
+    total = ray.cluster_resources()
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return total.get("CPU", 0), total.get("GPU", 0), max(nodes, default=0)
+
+
 def retrain(config: RetrainConfig) -> Outcome:
     """The whole job. Idempotent: with no new label shards (or a run that already finished) it does nothing."""
     plan = plan_run(config)
@@ -223,16 +234,27 @@ def retrain(config: RetrainConfig) -> Outcome:
     splits = {"held_out": eval_rows, "train": _fit_sample(train_rows, config.fit_items)}
     crops = {"train": recipe.crop}  # fit is measured on centre crops when training crops; held-out never is
     _ensure_ray()
+    scaling = scaling.sized_for(*_cluster_size())
+    log(
+        f"resources: {scaling.num_workers} worker(s) x {scaling.cpus_per_worker:g} CPU"
+        + (" + 1 GPU" if scaling.use_gpu else "")
+        + f", example actors {scaling.data_cpus:g} CPU each"
+    )
 
     rate = {"parent": plan.parent["path"]}
     if plan.current is not None and plan.current != plan.parent["version"]:
         rate["current"] = store.join(plan.entry, plan.current)
     log(f"measuring {', '.join(rate)} on {len(eval_rows)} held-out and {len(splits['train'])} training item(s)")
-    before = evaluate_on_ray(rate, splits, crops, scaling.use_gpu)
+    stall = config.stall_timeout_s
+    before = watched(lambda: evaluate_on_ray(rate, splits, crops, scaling.use_gpu), stall, "evaluation (before)")
 
     log(f"training ({recipe.method}, {recipe.epochs} epoch(s), {scaling.num_workers} worker(s)) as {plan.run_id}")
     runs = registry.runs_url(plan.entry)
-    result = fit(recipe, scaling, plan.parent["path"], plan.train_urls, len(train_rows), runs, plan.run_id)
+    result = watched(
+        lambda: fit(recipe, scaling, plan.parent["path"], plan.train_urls, len(train_rows), runs, plan.run_id),
+        stall,
+        "training",
+    )
     history = result.metrics.get("history", [])
     resumed = int(result.metrics.get("start_epoch", 0))
     if resumed:
@@ -246,7 +268,9 @@ def retrain(config: RetrainConfig) -> Outcome:
         stage_version(plan.parent["path"], export, recipe.method, staging)
         version_url = registry.upload_version(plan.entry, version, staging)
     log(f"wrote {version_url}; measuring it")
-    after = evaluate_on_ray({"new": version_url}, splits, crops, scaling.use_gpu)["new"]
+    after = watched(
+        lambda: evaluate_on_ray({"new": version_url}, splits, crops, scaling.use_gpu), stall, "evaluation (after)"
+    )["new"]
 
     reference_name = "current" if "current" in rate else "parent"
     reference = before[reference_name]

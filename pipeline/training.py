@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from types import ModuleType
 from typing import Any
@@ -79,18 +79,43 @@ class Recipe:
 
 @dataclass
 class Scaling:
-    """Where it runs: changing it does not change what a resumed run continues."""
+    """Where it runs: changing it does not change what a resumed run continues. None = sized to the cluster."""
 
     num_workers: int = 2
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    data_cpus: float = 1.0  # per CPU actor that decodes and prepares examples
+    cpus_per_worker: float | None = None  # default: what the data actors leave, split over the workers (max 8)
+    data_cpus: float | None = None  # per CPU actor that decodes and prepares examples (default 1, or 0.5 below 8 CPUs)
     data_actors: int = 2  # at most this many of them
     max_failures: int = 3  # worker-group restarts (from the last checkpoint) before the run fails
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError("num_workers must be >= 1")
+
+    def sized_for(self, cpus: float, gpus: float, node_cpus: float) -> Scaling:
+        """This scaling with its defaults filled in for a cluster of `cpus` CPUs (the largest node `node_cpus`) and
+        `gpus` GPUs; a request that can never be placed fails now, naming what was asked and what there is."""
+        asked = f"--num-workers {self.num_workers}" + (" --use-gpu" if self.use_gpu else "")
+        there = f"the cluster has {cpus:g} CPU(s) (largest node {node_cpus:g}) and {gpus:g} GPU(s)"
+        if self.use_gpu and gpus < self.num_workers:
+            raise ValueError(f"{asked} needs {self.num_workers} GPU(s) (one per worker); {there}")
+        data = self.data_cpus if self.data_cpus is not None else (1.0 if cpus >= 8 else 0.5)
+        # The example pipeline must be able to run beside the workers, which hold their CPUs all along: that is what
+        # hung before. Its file listing takes a whole CPU when the dataset starts, its actors `data` each.
+        beside = max(1.0, data)
+        per_worker = self.cpus_per_worker
+        if per_worker is None:
+            per_worker = min(8.0, (cpus - beside) / self.num_workers)
+            if not self.use_gpu and per_worker > 1:
+                per_worker = float(int(per_worker))  # whole CPUs, so torch's thread count matches the share
+        need = self.num_workers * per_worker + beside
+        if per_worker <= 0 or need > cpus or per_worker > node_cpus or beside > node_cpus:
+            raise ValueError(
+                f"{asked} --cpus-per-worker {per_worker:g} --data-cpus {data:g} needs {need:g} CPU(s) "
+                f"(the example pipeline {beside:g} beside the workers, {per_worker:g} on one node per worker); "
+                f"{there}: ask for fewer workers or CPUs"
+            )
+        return replace(self, cpus_per_worker=per_worker, data_cpus=data)
 
 
 # ------------------------------------------------------------------------------------------------------------
