@@ -18,16 +18,18 @@ import pytest
 import torch
 from skimage import data
 
-from pipeline import models, registry, store
+from pipeline import methods, models, registry, store
 from pipeline.corpus import load_photo, pan_zoom_frames, write_video
 from pipeline.evaluation import correlations, predict
 from pipeline.media import Media
+from pipeline.methods.llama_adapter import LlamaAdapter, decoder_attentions
+from pipeline.methods.visual_prompt import VisualPrompt, image_geometry
+from pipeline.models.tiny import make_tiny_model
 from pipeline.retrain import Plan, decide
 from pipeline.scorer import Scorer, prompt_for
 from pipeline.syllabus import Syllabus, answer_sentence, level_target, questions
 from pipeline.synthetic import build_learning_set, write_label_shard
 from pipeline.training import QAlignObjective, Recipe, collate_examples, setup_method
-from pipeline.visual_prompt import VisualPrompt, image_geometry
 from schemas import LABELS_V1, SchemaError, validate_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,6 +243,93 @@ def test_visual_prompt_needs_a_fixed_square_processor(tiny_models):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# LLaMA-Adapter: zero-init gated prompts in the top layers of the language model
+
+
+def adapted_scorer(path: str, adapter_len: int = 3, adapter_layers: int = 1) -> tuple[Scorer, LlamaAdapter]:
+    scorer = Scorer(path)
+    torch.manual_seed(0)
+    adapter = LlamaAdapter.for_model(scorer.model, adapter_len, adapter_layers).attach_to(scorer.model)
+    return scorer, adapter
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_llama_adapter_at_init_is_exactly_the_base_model(family_name, tiny_models):
+    scorer, adapter = adapted_scorer(tiny_models[family_name], adapter_layers=2)
+    media = [Media(photo("astronaut"), "image", None, [0], 1), Media(photo("coffee"), "image", None, [0], 1)]
+    prepared = [scorer.preprocessor(m) for m in media]
+    adapted = scorer.level_logits(prepared)
+    adapter.detach()
+    base = scorer.level_logits(prepared)
+    assert torch.equal(adapted, base)  # zero gates: not close, equal
+    with torch.no_grad():
+        adapter.gates.fill_(0.5)  # the hooks are live: open gates change the level logits
+    adapter.attach_to(scorer.model)
+    assert (scorer.level_logits(prepared) - base).abs().max() > 1e-4
+
+
+def test_llama_adapter_repeats_kv_heads_for_grouped_query_attention(tmp_path):
+    path = str(make_tiny_model("llava", tmp_path / "gqa", text={"num_key_value_heads": 2}))
+    scorer, adapter = adapted_scorer(path)
+    assert adapter.gates.shape == (1, 4)  # one gate per query head, not per kv head
+    prepared = [scorer.preprocessor(Media(photo("rocket"), "image", None, [0], 1))]
+    with torch.no_grad():
+        adapter.gates[0, 1] = 1.0  # one head open
+    opened = scorer.level_logits(prepared)
+    adapter.detach()
+    assert (opened - scorer.level_logits(prepared)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_llama_adapter_training_moves_only_prompts_and_gates(family_name, tiny_models, capsys):
+    path = tiny_models[family_name]
+    family = models.family(path)
+    processor = family.load_processor(path)
+    syllabus = Syllabus(family, processor)
+    model = family.load_model(path, torch.float32, "cpu")
+    recipe = Recipe(method="llama-adapter", lr=1e-2, options={"adapter_len": 3, "adapter_layers": 1})
+    trainable = setup_method(model, family, processor, syllabus.level_ids("quality", "image"), recipe, path)
+    adapter = trainable.objective.addition
+    assert adapter.layers == [len(decoder_attentions(model)) - 1]  # the top layer
+    hidden, heads = adapter.prompts.shape[-1], adapter.gates.shape[-1]
+    assert trainable.trainable_parameters() == 3 * hidden + heads  # K x C prompts + a gate per head, one layer
+    before = {n: p.detach().clone() for n, p in trainable.objective.named_parameters()}
+    reference = prompt_for("quality", "image")
+    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    inputs, meta = collate_examples(family, examples_for(syllabus)[:2], image_major, 0)
+    optimizer = torch.optim.Adam([p for p in trainable.objective.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):  # the first step opens the gates (the prompts get no gradient through closed gates)
+        loss, _ = trainable.objective(inputs, meta)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    moved = {n for n, p in trainable.objective.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"addition.prompts", "addition.gates"}  # the vision tower and the LLM stay as they were
+
+
+def test_llama_adapter_artifact_round_trip_and_scorer(tiny_models, tmp_path):
+    path = tiny_models["owl2"]
+    scorer, adapter = adapted_scorer(path, adapter_len=2, adapter_layers=2)
+    with torch.no_grad():
+        adapter.gates.normal_()  # as if trained
+    media = [scorer.preprocessor(Media(photo("chelsea"), "image", None, [0], 1))]
+    trained = scorer.level_logits(media)
+    version = tmp_path / "version"
+    copy_model_files(path, version, weights=True)
+    adapter.save(str(version))
+    config = json.loads((version / "llama_adapter.json").read_text())
+    assert config["layers"] == [0, 1] and config["adapter_len"] == 2 and config["num_heads"] == 4
+    assert config["parameters"] == 2 * (2 * config["hidden_size"] + 4)
+    loaded = Scorer(str(version))  # what the scoring job runs for this folder
+    assert [type(a) for a in loaded.additions] == [LlamaAdapter]
+    torch.testing.assert_close(loaded.level_logits(media), trained)
+    assert (trained - Scorer(path).level_logits(media)).abs().max() > 1e-4
+    assert Scorer(path).additions == []
+    with pytest.raises(ValueError, match="llama-adapter version"):  # another method would drop the adapter
+        setup_method(loaded.model, models.family(path), None, [0], Recipe(method="lora"), str(version))
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Methods: each one lowers the loss and raises the training SRCC, and exports what the scorer then uses
 
 
@@ -304,17 +393,28 @@ def started_llava(tiny_models, small_train_rows, tmp_path_factory) -> str:
     return str(out)
 
 
-@pytest.mark.parametrize("method, lr, steps", [("lora", 5e-3, 100), ("visual-prompt", 0.1, 100)])
-def test_methods_lower_the_loss_and_raise_training_srcc(method, lr, steps, started_llava, small_train_rows, tmp_path):
+@pytest.mark.parametrize(
+    "method, lr, steps, options, addition, srcc_bar",
+    [
+        ("lora", 5e-3, 100, {"lora_r": 8}, None, 0.8),
+        ("visual-prompt", 0.1, 100, {"prompt_pixels": 4}, VisualPrompt, 0.8),
+        # Prompts steer only through attention from the text side: on a 2-layer random model they move the scores
+        # (the learning benchmark measures what they learn); here they must lower the loss and change the scores.
+        ("llama-adapter", 0.1, 100, {"adapter_len": 4, "adapter_layers": 2}, LlamaAdapter, None),
+    ],
+)
+def test_methods_lower_the_loss_and_raise_training_srcc(
+    method, lr, steps, options, addition, srcc_bar, started_llava, small_train_rows, tmp_path
+):
     path = started_llava
     family, processor, syllabus, (inputs, meta) = training_batch(path, small_train_rows)
     model = family.load_model(path, torch.float32, "cpu")
-    recipe = Recipe(method=method, lr=lr, lora_r=8, prompt_pixels=4)
+    recipe = Recipe(method=method, lr=lr, options=options)
     torch.manual_seed(0)
     trainable = setup_method(model, family, processor, syllabus.level_ids("quality", "image"), recipe, path)
     trained = [n for n, p in trainable.objective.named_parameters() if p.requires_grad]
     frozen = {n: p.detach().clone() for n, p in trainable.objective.model.named_parameters() if not p.requires_grad}
-    assert trained and all(("lora_" in n) if method == "lora" else n.startswith("prompt.") for n in trained)
+    assert trained and all(("lora_" in n) if method == "lora" else n.startswith("addition.") for n in trained)
     params = [p for p in trainable.objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
     losses = []
@@ -331,18 +431,22 @@ def test_methods_lower_the_loss_and_raise_training_srcc(method, lr, steps, start
 
     # exported as a version folder holds it, then scored through the scoring path
     out = tmp_path / "version"
-    copy_model_files(path, out, weights=method == "visual-prompt")
+    copy_model_files(path, out, weights=addition is not None)
     trainable.export(str(out))
-    if method == "visual-prompt":
-        assert Scorer(str(out)).prompt is not None  # the scorer (and so the scoring job) applies it
-        assert (out / "visual_prompt.safetensors").stat().st_size < 10_000
+    if addition is not None:
+        # the scorer (and so the scoring job) applies it; the artifact is small beside the frozen weights
+        assert [type(a) for a in Scorer(str(out)).additions] == [addition]
+        artifact = next(f for f in out.iterdir() if f.name in methods.get(method).artifacts and f.suffix != ".json")
+        assert artifact.stat().st_size < 10_000
     else:
         assert "lora" not in (out / "config.json").read_text()  # merged: a plain model for the scorer
     mos = np.array([r["mos"] for r in small_train_rows])
-    before = correlations(predict(path, small_train_rows), mos)["srcc"]
-    after = correlations(predict(str(out), small_train_rows), mos)["srcc"]
+    base_scores, scores = predict(path, small_train_rows), predict(str(out), small_train_rows)
+    before, after = correlations(base_scores, mos)["srcc"], correlations(scores, mos)["srcc"]
     print(f"{method}: loss {losses[0]:.4f} -> {losses[-1]:.4f}, training SRCC {before:.3f} -> {after:.3f}")
-    assert after > before + 0.2 and after > 0.8, (before, after)
+    assert np.abs(scores - base_scores).max() > 1e-3  # the trained result is what the scorer runs
+    if srcc_bar is not None:
+        assert after > before + 0.2 and after > srcc_bar, (before, after)
 
 
 def test_correlations():
