@@ -2,7 +2,9 @@
 
 Data: label rows are read from the shards by Ray Data, and a CPU stage (`ExampleBuilder`) decodes the media, applies
 the optional augmentation (random crop, flip), draws a question and prepares the example (pipeline.syllabus); it runs
-again every epoch, so crops and questions are new each time.
+again every epoch, so crops and questions are new each time. Those draws come from generators seeded by (run seed,
+epoch, item id), so a run's examples are the same however its blocks are spread over workers or it is resumed; the
+epoch reaches the data tasks through a tiny actor (`EpochClock`) that rank 0 sets before each epoch's pass begins.
 Objective: cross-entropy on the answer tokens only, read at each row's last tokens the same way the scorer reads each
 row's last hidden state; at the level word, against the hard or soft level target.
 Methods: pipeline.methods (full, lora, visual-prompt, llama-adapter, ...): each attaches to the model its way.
@@ -12,6 +14,7 @@ storage, from which a restarted worker group or a rerun driver resumes. `fit` ru
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pickle
@@ -101,15 +104,21 @@ class ExampleBuilder:
         views: int = 1,
         split: str = "train",
         levels: Levels = DEFAULT_LEVELS,
+        seed: int = 0,
     ) -> None:
         path = registry.local_path(model_path)
         family = models.family(path)
         self.syllabus = Syllabus(family, family.load_processor(path), levels)
         self.soft, self.crop, self.hflip, self.views, self.split = soft_labels, crop, hflip, views, split
-        self.rng = np.random.default_rng()  # fresh entropy: new crops, flips and questions every epoch
+        self.seed = seed
         self.options = MediaOptions()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def rng(self, epoch: int, key: str) -> np.random.Generator:
+        """The generator of one item (or block) in one epoch: new draws every epoch, the same ones in every rerun."""
+        digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+        return np.random.default_rng([self.seed, epoch, digest])
+
+    def __call__(self, batch: dict[str, np.ndarray], epoch: int = 0) -> dict[str, np.ndarray]:
         out = []
         stds = batch.get("mos_std", [None] * len(batch["id"]))
         for i, item_id in enumerate(batch["id"]):
@@ -130,24 +139,47 @@ class ExampleBuilder:
                 self.soft,
                 self.syllabus.levels,
             )
+            rng = self.rng(epoch, str(item_id))
             for _ in range(self.views):  # decoded once, seen several ways
-                frames = augment(media.frames, self.crop, self.hflip, self.rng)
-                question = str(self.rng.choice(questions(task, media_type)))
+                frames = augment(media.frames, self.crop, self.hflip, rng)
+                question = str(rng.choice(questions(task, media_type)))
                 example = self.syllabus.example(frames, media_type, task, target, question)
                 out.append(pickle.dumps(example, protocol=5))
         # Views of one item side by side would fill whole batches with one picture: mix the block's items.
-        return {"example": np.array([out[j] for j in self.rng.permutation(len(out))], dtype=object)}
+        order = self.rng(epoch, "block:" + ",".join(map(str, batch["id"]))).permutation(len(out))
+        return {"example": np.array([out[j] for j in order], dtype=object)}
+
+
+class EpochClock:
+    """Which epoch the data tasks are building (a Ray actor: rank 0 sets it, the tasks read it).
+
+    Ray Data runs the example stage anew for each epoch's pass, and starts that pass only once every worker has asked
+    for it; the training loop sets the clock and waits at a barrier before asking, so a pass reads its own epoch.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def get(self) -> int:
+        return self.epoch
 
 
 @lru_cache(maxsize=4)
-def _cached_builder(model_path: str, soft_labels: bool, crop: int | None, hflip: bool, views: int) -> ExampleBuilder:
-    return ExampleBuilder(model_path, soft_labels, crop, hflip, views)
+def _cached_builder(
+    model_path: str, soft_labels: bool, crop: int | None, hflip: bool, views: int, seed: int
+) -> ExampleBuilder:
+    return ExampleBuilder(model_path, soft_labels, crop, hflip, views, seed=seed)
 
 
-def build_examples(batch: dict[str, np.ndarray], **builder_args: Any) -> dict[str, np.ndarray]:
+def build_examples(batch: dict[str, np.ndarray], clock: Any, **builder_args: Any) -> dict[str, np.ndarray]:
     """Ray Data task form of ExampleBuilder: Ray reuses worker processes, so each keeps its builder (processor)
     across tasks and epochs, where an actor pool would start new actors for every epoch's pass."""
-    return _cached_builder(**builder_args)(batch)
+    import ray
+
+    return _cached_builder(**builder_args)(batch, ray.get(clock.get.remote()))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -310,8 +342,15 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, recipe.epochs):
         began = time.time()
         loss_sum, n_rows, correct = 0.0, 0, 0
+        if rank == 0:
+            ray.get(config["clock"].set.remote(epoch))
+        if world > 1:
+            torch.distributed.barrier()  # nobody starts the epoch's pass (and its data tasks) before the clock is set
         batches = shard.iter_batches(
-            batch_size=per_worker, batch_format="numpy", local_shuffle_buffer_size=recipe.shuffle_buffer
+            batch_size=per_worker,
+            batch_format="numpy",
+            local_shuffle_buffer_size=recipe.shuffle_buffer,
+            local_shuffle_seed=recipe.seed * 1_000_003 + epoch * 1_009 + rank,  # reproducible, new every epoch
         )
         for batch in batches:  # the same number on every worker: the dataset is split into equal parts
             examples = [pickle.loads(b) for b in batch["example"]]
@@ -404,18 +443,22 @@ def fit(recipe: Recipe, scaling: Scaling, parent: str, label_urls: list[str], n_
     Checkpoints go to `<runs_url>/<run_id>/`; a rerun with the same run id resumes from the last one there.
     Returns Ray Train's Result: its last checkpoint holds the exported artifact (EXPORT_DIR).
     """
+    import ray
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    clock = ray.remote(num_cpus=0)(EpochClock).remote()  # lives as long as this driver, across worker restarts
     dataset = _label_dataset(label_urls, scaling.data_cpus).map_batches(
         build_examples,
         fn_kwargs={
+            "clock": clock,
             "model_path": parent,
             "soft_labels": recipe.soft_labels,
             "crop": recipe.crop,
             "hflip": recipe.hflip,
             "views": recipe.views,
+            "seed": recipe.seed,
         },
         batch_size=32,  # label rows per task: the items of one block are mixed, so not too few
         batch_format="numpy",
@@ -431,6 +474,7 @@ def fit(recipe: Recipe, scaling: Scaling, parent: str, label_urls: list[str], n_
             "parent": parent,
             "n_train": n_train,
             "cpus_per_worker": scaling.cpus_per_worker,
+            "clock": clock,
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from pipeline.retrain import Plan, decide
 from pipeline.scorer import Scorer, prompt_for
 from pipeline.syllabus import Syllabus, answer_sentence, level_target, questions
 from pipeline.synthetic import build_learning_set, write_label_shard
-from pipeline.training import QAlignObjective, Recipe, collate_examples, setup_method
+from pipeline.training import ExampleBuilder, QAlignObjective, Recipe, collate_examples, setup_method
 from schemas import LABELS_V1, SchemaError, validate_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -346,6 +347,25 @@ def small_train_rows(tmp_path_factory) -> list[dict]:
     return [r for r in rows if r["split"] == "train" and r["distortion"] in ("none", "noise", "pixelate")]
 
 
+def test_examples_are_reproducible_from_seed_epoch_and_item(tiny_models, label_media):
+    """Augmentation and questions draw from (run seed, epoch, item id): the same in every build, wherever it runs."""
+    rows = [r for r in label_media if r["split"] == "train"][:4]
+    batch = {k: np.array([r.get(k) for r in rows], dtype=object) for k in [*LABELS_V1.names, "mos_std"]}
+    reverse = {k: v[::-1] for k, v in batch.items()}  # another block layout of the same items
+
+    def build(seed: int, epoch: int, block: dict) -> list[bytes]:
+        builder = ExampleBuilder(tiny_models["llava"], crop=24, hflip=True, views=2, seed=seed)
+        examples = builder(block, epoch)["example"]
+        assert len(examples) == 2 * len(rows) and all(pickle.loads(e)["pixel_values"].size for e in examples)
+        return sorted(examples)  # the examples, whatever order the block's mixing gave them
+
+    first = build(0, 3, batch)
+    assert build(0, 3, batch) == first  # a second build of the same epoch: identical examples
+    assert build(0, 3, reverse) == first  # each item's draws are its own, not its place in the block
+    assert build(0, 4, batch) != first  # a new epoch: new crops, flips and questions
+    assert build(1, 3, batch) != first  # another run seed
+
+
 def training_batch(path: str, rows: list[dict]):
     from pipeline.media import load_media
 
@@ -504,6 +524,8 @@ def test_cli_refuses_bad_settings_before_doing_anything(tmp_path):
     for extra, message in [
         (["--batch-size", "2", "--num-workers", "4"], "at least the number of workers"),
         (["--views", "0"], "views must be >= 1"),
+        (["--method", "llama-adapter", "--lora-r", "8"], "--lora-r is an option of --method lora"),
+        (["--method", "llama-adapter", "--adapter-len", "0"], "adapter_len must be >= 1"),
     ]:
         proc = run_job([*common, *extra], dict(os.environ))
         output, _ = proc.communicate(timeout=120)
@@ -599,3 +621,37 @@ def test_retrain_on_object_storage_resumes_a_killed_driver_and_reruns_do_nothing
     output, _ = third.communicate(timeout=300)
     assert third.returncode == 0 and "nothing new" in output, output
     assert registry.list_versions(entry) == ["v0001"]
+
+
+def test_retrain_with_llama_adapter_versions_its_artifact_and_the_scorer_applies_it(
+    ray_cluster, tiny_models, label_media, tmp_path
+):
+    """The CLI's llama-adapter flags through Ray Train to a version: the frozen parent's weights, the adapter as its
+    own small artifact, version.json naming the method; the scoring path runs it, and its trained gates move scores."""
+    labels, root = tmp_path / "labels", tmp_path / "models"
+    write_label_shard(label_media, str(labels / "batch-0001" / "part-00000.parquet"))
+    base = tiny_models["llava"]
+    args = [
+        *("--labels", str(labels), "--base-model", base, "--registry", str(root), "--name", "adapted"),
+        *("--method", "llama-adapter", "--adapter-len", "4", "--adapter-layers", "1", "--seed", "7"),
+        *("--epochs", "2", "--lr", "5e-2", "--batch-size", "8", "--crop", "32", "--views", "2"),
+        *("--num-workers", "2", "--cpus-per-worker", "0.25", "--data-cpus", "0.25", "--data-actors", "1"),
+    ]
+    proc = run_job(args, {**os.environ, "RAY_ADDRESS": ray_cluster})
+    output, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, output
+    assert "llama-adapter: 260 trainable parameters" in output, output  # 4 prompts x 64 + 4 gates, one layer
+    version = root / "adapted" / "v0001"
+    record = json.loads((version / "version.json").read_text())
+    assert record["method"] == "llama-adapter" and record["recipe"]["seed"] == 7
+    assert record["recipe"]["options"] == {"adapter_len": 4, "adapter_layers": 1}
+    config = json.loads((version / "llama_adapter.json").read_text())
+    assert config["layers"] == [1] and config["adapter_len"] == 4
+    assert (version / "llama_adapter.safetensors").stat().st_size < 10_000
+    # the parent's frozen weights, unchanged: the adapter is the only thing training added
+    assert (version / "model.safetensors").read_bytes() == (Path(base) / "model.safetensors").read_bytes()
+    scorer = Scorer(str(version))  # what `jobs/score_dataset.py --model <version>` runs
+    assert [type(a) for a in scorer.additions] == [LlamaAdapter]
+    assert scorer.additions[0].gates.abs().max() > 0  # trained: the gates opened
+    media = [Media(photo(name), "image", None, [0], 1) for name in ("rocket", "coffee")]
+    assert np.abs(scorer.score_media(media)[1] - Scorer(base).score_media(media)[1]).max() > 1e-4
