@@ -331,6 +331,71 @@ def test_llama_adapter_artifact_round_trip_and_scorer(tiny_models, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# The methods seam
+
+NORM_ONLY = """
+from pipeline.methods import Attached, Method, Option
+
+
+class NormOnly(Method):
+    name = "norm-only"
+    default_lr = 1e-3
+    options = (Option("norm_pattern", str, "norm", "the weights whose names hold this train"),)
+
+    def attach(self, model, processor, options, parent):
+        model.requires_grad_(False)
+        for name, param in model.named_parameters():
+            if options["norm_pattern"] in name:
+                param.requires_grad_(True)
+        return Attached(export=model.save_pretrained)
+
+
+METHOD = NormOnly()
+"""
+
+
+@pytest.fixture
+def fifth_method(tmp_path, monkeypatch):
+    """A fifth method as one new file, on the methods package's search path for this test only."""
+    (tmp_path / "norm_only.py").write_text(NORM_ONLY)
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
+    methods._registry.cache_clear()
+    yield
+    methods._registry.cache_clear()
+    sys.modules.pop("pipeline.methods.norm_only", None)
+
+
+def test_the_four_methods_are_the_packages_modules():
+    assert methods.names() == ("full", "llama-adapter", "lora", "visual-prompt")
+    assert methods.get("lora").default_lr == 2e-4 and methods.get("llama-adapter").artifacts
+    assert Recipe(method="lora").options == {"lora_r": 128, "lora_alpha": None}  # only its own, defaults filled
+    with pytest.raises(ValueError, match="has no option"):
+        Recipe(method="full", options={"lora_r": 8})
+    with pytest.raises(ValueError, match="unknown method"):
+        Recipe(method="prefix-tuning")
+
+
+def test_a_fifth_method_is_one_new_file(fifth_method, tiny_models):
+    """Its name, options (CLI flags), learning rate and attachment come from the file alone."""
+    import importlib.util
+
+    assert "norm-only" in methods.names()
+    spec = importlib.util.spec_from_file_location("retrain_cli", ROOT / "jobs" / "retrain.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    common = ["--labels", "l", "--base-model", "b", "--registry", "r", "--name", "n"]
+    config = cli.parse_args([*common, "--method", "norm-only", "--norm-pattern", "post_attention_layernorm"])
+    assert config.recipe.options == {"norm_pattern": "post_attention_layernorm"}
+    assert config.recipe.learning_rate == 1e-3
+    path = tiny_models["llava"]
+    family = models.family(path)
+    model = family.load_model(path, torch.float32, "cpu")
+    trainable = setup_method(model, family, None, [0], config.recipe, path)
+    trained = [n for n, p in trainable.objective.named_parameters() if p.requires_grad]
+    assert trained and all("post_attention_layernorm" in n for n in trained)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Methods: each one lowers the loss and raises the training SRCC, and exports what the scorer then uses
 
 
