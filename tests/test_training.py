@@ -269,16 +269,51 @@ def test_llama_adapter_at_init_is_exactly_the_base_model(family_name, tiny_model
     assert (scorer.level_logits(prepared) - base).abs().max() > 1e-4
 
 
-def test_llama_adapter_repeats_kv_heads_for_grouped_query_attention(tmp_path):
+def test_llama_adapter_adds_gated_prompt_values_before_o_proj_with_kv_heads_repeated(tmp_path):
+    """With one prompt the softmax over it is 1, so every position gets exactly gate[h] * v_proj(P)[kv head of h]
+    added to o_proj's input: the value path, the per-head gates and the GQA head mapping, checked from outside."""
     path = str(make_tiny_model("llava", tmp_path / "gqa", text={"num_key_value_heads": 2}))
-    scorer, adapter = adapted_scorer(path)
+    scorer, adapter = adapted_scorer(path, adapter_len=1, adapter_layers=1)
     assert adapter.gates.shape == (1, 4)  # one gate per query head, not per kv head
+    attention = decoder_attentions(scorer.model)[-1]
+    seen = []
+    attention.o_proj.register_forward_pre_hook(lambda module, args: seen.append(args[0]))  # after the adapter's
     prepared = [scorer.preprocessor(Media(photo("rocket"), "image", None, [0], 1))]
     with torch.no_grad():
-        adapter.gates[0, 1] = 1.0  # one head open
-    opened = scorer.level_logits(prepared)
-    adapter.detach()
-    assert (opened - scorer.level_logits(prepared)).abs().max() > 1e-4
+        adapter.gates.copy_(torch.tensor([[0.5, -1.0, 2.0, 0.25]]))
+        opened = scorer.level_logits(prepared)
+        adapter.detach()
+        closed = scorer.level_logits(prepared)
+        values = attention.v_proj(adapter.prompts[0, 0]).view(2, 16)  # [kv heads, head_dim]
+    expected = torch.cat([adapter.gates[0, h] * values[h // 2] for h in range(4)])  # heads 0, 1 share kv head 0
+    torch.testing.assert_close(seen[0] - seen[1], expected.expand_as(seen[0]), atol=1e-5, rtol=1e-5)
+    assert (opened - closed).abs().max() > 1e-4
+
+
+def test_llama_adapter_scores_rotated_queries_against_unrotated_prompt_keys(tiny_models):
+    """The choice the original LLaMA-Adapter code makes (pipeline.methods.llama_adapter): the layer's queries after
+    rotary, the prompts' keys without; computed here from transformers' own rotary functions."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    scorer, adapter = adapted_scorer(tiny_models["llava"], adapter_len=2, adapter_layers=1)
+    attention = decoder_attentions(scorer.model)[-1]
+    queries, seen = [], []
+    attention.q_proj.register_forward_hook(lambda module, args, out: queries.append(out))
+    attention.o_proj.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    prepared = [scorer.preprocessor(Media(photo("coffee"), "image", None, [0], 1))]
+    with torch.no_grad():
+        adapter.gates.fill_(1.0)
+        scorer.level_logits(prepared)
+        adapter.detach()
+        scorer.level_logits(prepared)
+        length = queries[0].shape[1]
+        q = queries[0].view(1, length, 4, 16).transpose(1, 2)
+        cos, sin = scorer.model.model.language_model.rotary_emb(q, torch.arange(length)[None])
+        k = attention.k_proj(adapter.prompts[0]).view(1, 2, 4, 16).transpose(1, 2)
+        v = attention.v_proj(adapter.prompts[0]).view(1, 2, 4, 16).transpose(1, 2)
+        rotated, _ = apply_rotary_pos_emb(q, q, cos, sin)
+        expected = torch.softmax(rotated @ k.transpose(-1, -2) / 4.0, dim=-1) @ v  # 1/sqrt(head_dim 16)
+    torch.testing.assert_close(seen[0] - seen[1], expected.transpose(1, 2).reshape(1, length, 64), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family_name", FAMILIES)
