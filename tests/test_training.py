@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from skimage import data
@@ -22,12 +23,15 @@ from skimage import data
 from pipeline import methods, models, registry, store
 from pipeline.corpus import load_photo, pan_zoom_frames, write_video
 from pipeline.evaluation import correlations, predict
-from pipeline.media import Media
+from pipeline.job import JobConfig
+from pipeline.job import run as run_scoring
+from pipeline.media import Media, load_media
 from pipeline.methods.llama_adapter import LlamaAdapter, decoder_attentions
 from pipeline.methods.visual_prompt import VisualPrompt, image_geometry
 from pipeline.models.tiny import make_tiny_model
 from pipeline.retrain import Plan, decide
 from pipeline.scorer import Scorer, prompt_for
+from pipeline.shards import write_manifest
 from pipeline.syllabus import Syllabus, answer_sentence, level_target, questions
 from pipeline.synthetic import build_learning_set, write_label_shard
 from pipeline.training import ExampleBuilder, QAlignObjective, Recipe, collate_examples, setup_method
@@ -467,8 +471,6 @@ def test_examples_are_reproducible_from_seed_epoch_and_item(tiny_models, label_m
 
 
 def training_batch(path: str, rows: list[dict]):
-    from pipeline.media import load_media
-
     family = models.family(path)
     processor = family.load_processor(path)
     syllabus = Syllabus(family, processor)
@@ -750,8 +752,15 @@ def test_retrain_with_llama_adapter_versions_its_artifact_and_the_scorer_applies
     assert (version / "llama_adapter.safetensors").stat().st_size < 10_000
     # the parent's frozen weights, unchanged: the adapter is the only thing training added
     assert (version / "model.safetensors").read_bytes() == (Path(base) / "model.safetensors").read_bytes()
-    scorer = Scorer(str(version))  # what `jobs/score_dataset.py --model <version>` runs
+    scorer = Scorer(str(version))
     assert [type(a) for a in scorer.additions] == [LlamaAdapter]
     assert scorer.additions[0].gates.abs().max() > 0  # trained: the gates opened
-    media = [Media(photo(name), "image", None, [0], 1) for name in ("rocket", "coffee")]
-    assert np.abs(scorer.score_media(media)[1] - Scorer(base).score_media(media)[1]).max() > 1e-4
+    # the scoring job (`jobs/score_dataset.py --model <version>`) scores with the adapter on
+    items = [r for r in label_media if r["media_type"] == "image"][:4]
+    manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
+    write_manifest([{"id": r["id"], "uri": r["uri"], "media_type": "image"} for r in items], manifest, num_shards=1)
+    run_scoring(JobConfig(manifest=manifest, output=output, model=str(version), batch_size=4))
+    job_scores = pq.read_table(os.path.join(output, "part-00000.parquet")).column("score").to_numpy()
+    media = [load_media(r["uri"], "image") for r in items]
+    np.testing.assert_allclose(job_scores, scorer.score_media(media)[1], atol=1e-4)
+    assert np.abs(job_scores - Scorer(base).score_media(media)[1]).max() > 1e-4
