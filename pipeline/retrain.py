@@ -23,13 +23,11 @@ from functools import cached_property
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import registry, store
+from pipeline import methods, registry, store
 from pipeline.evaluation import evaluate_on_ray
 from pipeline.shards import check_ids_across_shards, list_shards
 from pipeline.synthetic import write_label_shard
 from pipeline.training import EXPORT_DIR, Recipe, Scaling, fit
-from pipeline.visual_prompt import CONFIG as PROMPT_CONFIG
-from pipeline.visual_prompt import WEIGHTS as PROMPT_WEIGHTS
 from pipeline.watchdog import DEFAULT_STALL_S, watched
 from schemas import SchemaError, validate_labels
 
@@ -181,25 +179,25 @@ def _fit_sample(rows: list[dict], limit: int) -> list[dict]:
     return ranked[:limit]
 
 
-# Files a version takes from its parent: everything but the weights (which training replaced) and the registry's
-# own records. A visual-prompt version keeps the parent's (frozen) weights too.
-_REGISTRY_FILES = (
-    registry.VERSION_FILE,
-    registry.METRICS_FILE,
-    ".complete",
-    PROMPT_WEIGHTS,
-    PROMPT_CONFIG,
-)
+# Files a version never takes from its parent: the registry's own records, and any method's artifact (the new
+# export brings its own).
+_REGISTRY_FILES = (registry.VERSION_FILE, registry.METRICS_FILE, ".complete")
 _WEIGHT_FILES = ("config.json", "generation_config.json")
 
 
 def stage_version(parent_path: str, export: str, method: str, out: str) -> None:
-    """A complete model folder in `out`: the parent's tokenizer/processor files, then the trained artifact."""
+    """A complete model folder in `out`: the parent's tokenizer/processor files, then the trained artifact.
+
+    A method with an artifact of its own adds to the frozen parent, so its version keeps the parent's weights too;
+    any other method's export holds the trained weights.
+    """
     parent = registry.local_path(parent_path)
+    skip = {*_REGISTRY_FILES, *methods.artifact_files()}
+    keeps_weights = bool(methods.get(method).artifacts)
     for name in sorted(os.listdir(parent)):
         source = os.path.join(parent, name)
         is_weights = name.endswith((".safetensors", ".safetensors.index.json")) or name in _WEIGHT_FILES
-        if not os.path.isfile(source) or name in _REGISTRY_FILES or (is_weights and method != "visual-prompt"):
+        if not os.path.isfile(source) or name in skip or (is_weights and not keeps_weights):
             continue
         shutil.copy2(source, os.path.join(out, name))
     for name in os.listdir(export):

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline import models
+from pipeline import methods, models
 from pipeline.levels import DEFAULT_LEVELS, Levels
 from pipeline.media import Media
-from pipeline.visual_prompt import VisualPrompt
 
 TASKS = ("quality", "aesthetics")
 
@@ -113,10 +112,9 @@ class Scorer:
         ids = torch.tensor(self.preprocessor.level_ids, device=self.device)
         self.level_weight = head.weight[ids].detach().float()
         self.level_bias = head.bias[ids].detach().float() if head.bias is not None else None
-        # A visual-prompt version (pipeline.visual_prompt) is the frozen model plus a learned pixel border.
-        self.prompt = VisualPrompt.load(model_path)
-        if self.prompt is not None:
-            self.prompt.to(self.device).eval()
+        # A version made by an additive method (a pixel prompt, a llama-adapter) is the frozen model plus that
+        # method's artifact: each method puts its own on the model (pipeline.methods).
+        self.additions = methods.apply_all(self.model, model_path)
 
     @torch.inference_mode()
     def level_logits(self, prepared: list[dict[str, np.ndarray]]) -> torch.Tensor:
@@ -125,8 +123,8 @@ class Scorer:
         batch = {
             k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device) for k, v in batch.items()
         }
-        if self.prompt is not None:
-            batch["pixel_values"] = self.prompt(batch["pixel_values"].float()).to(self.dtype)
+        for addition in self.additions:
+            batch = addition.transform(batch)
         hidden = models.last_real(*self.family.hidden_states(self.model, batch)).float()
         logits = hidden @ self.level_weight.T
         return logits if self.level_bias is None else logits + self.level_bias

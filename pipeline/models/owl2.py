@@ -526,7 +526,9 @@ class MPLUGOwl2DecoderLayer(nn.Module):
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         normed = self.input_layernorm(hidden_states, groups)
-        hidden_states = hidden_states + self.self_attn(normed, groups, position_embeddings, mask)
+        # position_embeddings by keyword, as LlamaDecoderLayer passes them: hooks read them there (the llama-adapter)
+        attended = self.self_attn(normed, groups, position_embeddings=position_embeddings, mask=mask)
+        hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states, groups))
 
 
