@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from pipeline.job import JobConfig, JobError, run
+from pipeline.recipes import RECIPES
 from schemas import SchemaError
 
 
@@ -21,6 +22,11 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     p.add_argument("--model", required=True, help="model folder, hub id, or registry entry (folder with CURRENT)")
     p.add_argument("--model-revision", help="record this revision instead of the computed one")
     p.add_argument("--task", choices=["quality", "aesthetics"], default="quality")
+    p.add_argument(
+        "--prompt-recipe",
+        choices=sorted(RECIPES),
+        help="how to prompt the model (default: the checkpoint's own, from its qcurate.json or model_type)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-scorers", type=int, help="scorer actors (default: one per GPU, 1 without GPUs)")
     p.add_argument("--gpus-per-scorer", type=float, default=1.0)
@@ -44,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
         max_error_rate=a.max_error_rate,
         restart=a.restart,
         model_revision=a.model_revision,
+        prompt_recipe=a.prompt_recipe,
     )
 
 

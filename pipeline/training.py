@@ -30,10 +30,9 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from pipeline import models, registry, store
+from pipeline import models, recipes, registry, store
 from pipeline.levels import DEFAULT_LEVELS, Levels
 from pipeline.media import MediaError, MediaOptions, load_media
-from pipeline.scorer import prompt_for
 from pipeline.syllabus import Syllabus, augment, level_target, questions
 from pipeline.visual_prompt import VisualPrompt, image_geometry
 from schemas import LABELS_V1
@@ -112,7 +111,7 @@ class ExampleBuilder:
     ) -> None:
         path = registry.local_path(model_path)
         family = models.family(path)
-        self.syllabus = Syllabus(family, family.load_processor(path), levels)
+        self.syllabus = Syllabus(family, family.load_processor(path), levels, recipes.for_checkpoint(path))
         self.soft, self.crop, self.hflip, self.views, self.split = soft_labels, crop, hflip, views, split
         self.rng = np.random.default_rng()  # fresh entropy: new crops, flips and questions every epoch
         self.options = MediaOptions()
@@ -140,7 +139,7 @@ class ExampleBuilder:
             )
             for _ in range(self.views):  # decoded once, seen several ways
                 frames = augment(media.frames, self.crop, self.hflip, self.rng)
-                question = str(self.rng.choice(questions(task, media_type)))
+                question = str(self.rng.choice(questions(task, media_type, self.syllabus.recipe)))
                 example = self.syllabus.example(frames, media_type, task, target, question)
                 out.append(pickle.dumps(example, protocol=5))
         # Views of one item side by side would fill whole batches with one picture: mix the block's items.
@@ -238,13 +237,15 @@ class Trainable:
             for name, value in state.items():
                 params[name].copy_(value)
 
-    def export(self, folder: str) -> None:
-        """The trained artifact: full model weights (LoRA merged into them), or the visual prompt alone."""
+    def export(self, folder: str, recipe: recipes.PromptRecipe) -> None:
+        """The trained artifact: full model weights (LoRA merged into them), or the visual prompt alone; and the
+        prompt recipe it was trained with, named beside them so that it is scored with that recipe."""
         if self.method == "visual-prompt":
             self.objective.prompt.save(folder)
-            return
-        model = self.peft_model.merge_and_unload() if self.method == "lora" else self.objective.model
-        model.save_pretrained(folder, safe_serialization=True)
+        else:
+            model = self.peft_model.merge_and_unload() if self.method == "lora" else self.objective.model
+            model.save_pretrained(folder, safe_serialization=True)
+        recipes.write_recipe_file(folder, recipe)
 
 
 def setup_method(
@@ -313,11 +314,11 @@ def train_loop_per_worker(config: dict) -> None:
     parent = registry.local_path(config["parent"])
     family = models.family(parent)
     processor = family.load_processor(parent)
-    syllabus = Syllabus(family, processor)
+    prompt_recipe = recipes.for_checkpoint(parent)  # the parent's prompt recipe: the version is scored with it too
+    syllabus = Syllabus(family, processor, recipe=prompt_recipe)
     tokenizer = family.tokenizer_of(processor)
     level_ids = syllabus.level_ids("quality", "image")
-    reference = prompt_for("quality", "image")
-    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    image_major = family.image_major_keys(processor, prompt_recipe)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model = family.load_model(parent, torch.float32, "cpu")
     trainable = setup_method(model, family, processor, level_ids, recipe, parent)
@@ -390,7 +391,7 @@ def train_loop_per_worker(config: dict) -> None:
                 }
                 torch.save(state, os.path.join(folder, STATE_FILE))
                 if epoch == recipe.epochs - 1:
-                    trainable.export(os.path.join(folder, EXPORT_DIR))
+                    trainable.export(os.path.join(folder, EXPORT_DIR), prompt_recipe)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
             else:
                 ray.train.report(metrics)

@@ -10,7 +10,8 @@ from pipeline.levels import Levels
 from pipeline.media import Media, load_media
 from pipeline.scorer import Preprocessor, Scorer, level_token_ids, prompt_for
 
-FAMILIES = ["llava", "idefics3", "owl2"]
+# Qwen3.5 / Qwen3-VL / Qwen2.5-VL: variable image-token counts per image size (padding, image_grid_thw, mRoPE)
+FAMILIES = ["llava", "idefics3", "owl2", "qwen3_5", "qwen3_vl", "qwen2_5_vl"]
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket"]
 
 
@@ -132,3 +133,19 @@ def test_loading_is_deterministic_per_seed(tmp_path):
     c = load_file(make_tiny_model("llava", tmp_path / "c", seed=4) / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_vl", "qwen2_5_vl"])
+def test_qwen_image_token_counts_follow_the_image_size(tiny_models, family):
+    from transformers.utils import is_torchvision_available
+
+    preprocessor = Preprocessor(tiny_models[family])
+    if not is_torchvision_available():  # here: the processor's image path built from its parts
+        assert type(preprocessor.processor).__name__ == "QwenImageProcessor"
+    items = [preprocessor(photo_media(n)) for n in PHOTOS]
+    # so the batch tests above pad rows of different lengths and concatenate grids of different shapes
+    assert len({len(item["input_ids"]) for item in items}) > 1
+    assert len({tuple(item["image_grid_thw"][0]) for item in items}) > 1
+    for item in items:
+        n_tokens = int(item["image_grid_thw"].prod()) // 4  # 2x2 patches merge into one token
+        assert (item["mm_token_type_ids"] == 1).sum() == n_tokens == len(item["pixel_values"]) // 4

@@ -18,7 +18,7 @@ import pytest
 import torch
 from skimage import data
 
-from pipeline import models, registry, store
+from pipeline import models, recipes, registry, store
 from pipeline.corpus import load_photo, pan_zoom_frames, write_video
 from pipeline.evaluation import correlations, predict
 from pipeline.media import Media
@@ -154,8 +154,7 @@ def test_objective_equals_the_models_own_answer_only_loss(family_setup):
     name, path, family, processor, syllabus = family_setup
     model = family.load_model(path, torch.float32, "cpu")
     examples = examples_for(syllabus)
-    reference = prompt_for("quality", "image")
-    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    image_major = family.image_major_keys(processor)
     inputs, meta = collate_examples(family, examples, image_major, family.tokenizer_of(processor).pad_token_id)
     objective = QAlignObjective(model, family, syllabus.level_ids("quality", "image"))
     with torch.no_grad():
@@ -268,8 +267,7 @@ def training_batch(path: str, rows: list[dict]):
         for r in rows
         for q in questions("quality", "image")[:2]
     ]
-    reference = prompt_for("quality", "image")
-    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    image_major = family.image_major_keys(processor)
     return family, processor, syllabus, collate_examples(family, examples, image_major, 0)
 
 
@@ -332,7 +330,7 @@ def test_methods_lower_the_loss_and_raise_training_srcc(method, lr, steps, start
     # exported as a version folder holds it, then scored through the scoring path
     out = tmp_path / "version"
     copy_model_files(path, out, weights=method == "visual-prompt")
-    trainable.export(str(out))
+    trainable.export(str(out), recipes.GENERIC)
     if method == "visual-prompt":
         assert Scorer(str(out)).prompt is not None  # the scorer (and so the scoring job) applies it
         assert (out / "visual_prompt.safetensors").stat().st_size < 10_000
