@@ -149,3 +149,42 @@ def test_qwen_image_token_counts_follow_the_image_size(tiny_models, family):
     for item in items:
         n_tokens = int(item["image_grid_thw"].prod()) // 4  # 2x2 patches merge into one token
         assert (item["mm_token_type_ids"] == 1).sum() == n_tokens == len(item["pixel_values"]) // 4
+
+
+# ------------------------------------------------------------------------------------------------------------
+# InstructBLIP: one image per prompt, the Q-Former's queries in front, the level logits from the language model
+
+
+@pytest.fixture(scope="module")
+def instructblip(tiny_models) -> Scorer:
+    return Scorer(tiny_models["instructblip"])
+
+
+def test_instructblip_keeps_its_chat_template(instructblip, tiny_models):
+    from transformers import AutoProcessor
+
+    # transformers' own loading drops it (the processor's constructor takes no chat template) ...
+    assert AutoProcessor.from_pretrained(tiny_models["instructblip"]).chat_template is None
+    # ... the family's loading keeps it, so the prompt is the template's
+    assert instructblip.preprocessor.processor.chat_template is not None
+    assert instructblip.preprocessor.prompt_text("image") == (
+        "USER: How would you rate the quality of this image?\nASSISTANT: The quality of the image is"
+    )
+
+
+def test_instructblip_scores_from_the_language_models_last_hidden_state(instructblip):
+    items = [instructblip.preprocessor(photo_media(n)) for n in PHOTOS]
+    batch = instructblip.level_logits(items)
+    solo = torch.cat([instructblip.level_logits([item]) for item in items])
+    torch.testing.assert_close(batch, solo, atol=1e-5, rtol=0)
+    assert (batch[0] - batch[1]).abs().max() > 1e-6  # the pixels reach the logits through the Q-Former
+    # the model's own full forward pass gives the same level logits at the last position
+    inputs = instructblip.family.collate(items[:1], instructblip.preprocessor.image_major, 0)
+    with torch.inference_mode():
+        full = instructblip.model(**inputs).logits[0, -1, instructblip.preprocessor.level_ids]
+    torch.testing.assert_close(solo[0], full, atol=1e-5, rtol=0)
+
+
+def test_instructblip_refuses_videos_clearly(instructblip):
+    with pytest.raises(ValueError, match="one image per prompt.*InstructBLIP-Video"):
+        instructblip.preprocessor(video_media(2))

@@ -11,6 +11,7 @@ video's frames go: all in the prompt's one image slot (mPLUG-Owl2), or one image
 from __future__ import annotations
 
 import importlib
+import json
 from types import ModuleType
 
 import numpy as np
@@ -36,6 +37,18 @@ FAMILY_MODULES = {
 def family(path: str, revision: str | None = None) -> ModuleType:
     """The module that knows how to prepare inputs for and run the model in `path`."""
     return importlib.import_module(f"pipeline.models.{FAMILY_MODULES.get(model_type(path, revision), 'hf')}")
+
+
+def saved_chat_template(path: str, revision: str | None = None) -> str | None:
+    """The chat template a checkpoint ships: chat_template.jinja (current layout) or chat_template.json (older)."""
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        found = cached_file(path, name, revision=revision, _raise_exceptions_for_missing_entries=False)
+        if found:
+            with open(found) as f:
+                return f.read() if name.endswith(".jinja") else json.load(f)["chat_template"]
+    return None
 
 
 def pad_stack(arrays: list[np.ndarray], value: float) -> np.ndarray:

@@ -11,16 +11,28 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from pipeline.models import pad_stack
+from pipeline.models import pad_stack, saved_chat_template
 from pipeline.recipes import GENERIC, PromptRecipe
 
 VIDEO_ONE_SLOT = False  # a video's frames go in as that many images
-TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+# per-token outputs of one prompt (right-padded in a batch); InstructBLIP's Q-Former reads the prompt too
+TEXT_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "qformer_input_ids",
+    "qformer_attention_mask",
+)
 
 
 def load_processor(path: str, revision: str | None = None, trust_remote_code: bool = False) -> ProcessorMixin:
     processor = AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     processor.tokenizer.padding_side = "right"  # we read each row at its own last real token
+    if processor.chat_template is None:
+        # Some processors (InstructBLIP's) do not take a chat template in their constructor, so from_pretrained
+        # drops the one the checkpoint ships: without it the prompt would not be the model's.
+        processor.chat_template = saved_chat_template(path, revision)
     return processor
 
 

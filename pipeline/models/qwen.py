@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, ProcessorMixin
-from transformers.utils import cached_file, is_torchvision_available
+from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
+from transformers.utils import is_torchvision_available
 
+from pipeline.models import hf, saved_chat_template
 from pipeline.models.hf import (  # noqa: F401  (the rest of the family interface is the native one)
     TEXT_KEYS,
     VIDEO_ONE_SLOT,
@@ -84,29 +85,12 @@ class QwenImageProcessor:
         }
 
 
-def _chat_template(path: str, revision: str | None) -> str:
-    """The checkpoint's chat template: chat_template.jinja (current layout) or chat_template.json (older)."""
-    jinja = cached_file(path, "chat_template.jinja", revision=revision, _raise_exceptions_for_missing_entries=False)
-    if jinja:
-        with open(jinja) as f:
-            return f.read()
-    import json
-
-    legacy = cached_file(path, "chat_template.json", revision=revision, _raise_exceptions_for_missing_entries=False)
-    if legacy:
-        with open(legacy) as f:
-            return json.load(f)["chat_template"]
-    raise ValueError(f"{path}: no chat template (chat_template.jinja or chat_template.json)")
-
-
 def load_processor(
     path: str, revision: str | None = None, trust_remote_code: bool = False
 ) -> ProcessorMixin | QwenImageProcessor:
     """The model's own processor where torchvision is there; else its image path built from the parts."""
     if is_torchvision_available():
-        processor = AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-        processor.tokenizer.padding_side = "right"
-        return processor
+        return hf.load_processor(path, revision, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     image_processor = AutoImageProcessor.from_pretrained(path, revision=revision, backend="pil")
-    return QwenImageProcessor(tokenizer, image_processor, _chat_template(path, revision))
+    return QwenImageProcessor(tokenizer, image_processor, saved_chat_template(path, revision) or "")

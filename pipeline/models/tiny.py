@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerFast
 
 from pipeline.levels import DEFAULT_LEVELS
 
-FAMILIES = ("llava", "idefics3", "owl2", "qwen3_5", "qwen3_vl", "qwen2_5_vl", "llava_onevision", "instructblip")
+FAMILIES = ("llava", "idefics3", "owl2", "qwen3_5", "qwen3_vl", "qwen2_5_vl", "instructblip")
 
 SPECIAL = [
     "<pad>",
@@ -310,6 +310,51 @@ def _idefics3(tokenizer: PreTrainedTokenizerFast, vision: dict = VISION, text: d
     return Idefics3ForConditionalGeneration(config), processor
 
 
+# InstructBLIP (Vicuna) is prompted with plain text; its processor puts the query tokens before everything.
+INSTRUCTBLIP_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
+    "{% if c['type'] == 'text' %}{{ c['text'] }}\n{% endif %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def _instructblip(tokenizer: PreTrainedTokenizerFast, vision: dict = VISION, text: dict = TEXT):
+    from transformers import (
+        BlipImageProcessorPil,
+        InstructBlipConfig,
+        InstructBlipForConditionalGeneration,
+        InstructBlipProcessor,
+        InstructBlipQFormerConfig,
+        InstructBlipVisionConfig,
+        LlamaConfig,
+    )
+
+    queries = 4  # the Q-Former's learned queries: the image's tokens in the language model
+    qformer = InstructBlipQFormerConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        encoder_hidden_size=vision["hidden_size"],
+        pad_token_id=0,
+    )
+    config = InstructBlipConfig(
+        # (its default initializer_range, 1e-10, leaves a random tower blind to the pixels)
+        vision_config=InstructBlipVisionConfig(**vision, initializer_range=0.02).to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=LlamaConfig(**text, vocab_size=len(tokenizer)).to_dict(),
+        num_query_tokens=queries,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    size = vision["image_size"]
+    image_processor = BlipImageProcessorPil(size={"height": size, "width": size})
+    # the Q-Former reads the prompt too, with its own (BERT) tokenizer; the tiny one is a second word-level copy
+    processor = InstructBlipProcessor(image_processor, tokenizer, tiny_tokenizer(), num_query_tokens=queries)
+    processor.chat_template = INSTRUCTBLIP_TEMPLATE
+    return InstructBlipForConditionalGeneration(config), processor
+
+
 def _owl2(tokenizer: PreTrainedTokenizerFast, vision: dict = VISION, text: dict = TEXT):
     # The owl2 tiny shapes are the golden ones (pipeline.models.owl2.tiny_config); only the defaults are supported.
     if vision is not VISION or text is not TEXT:
@@ -339,6 +384,7 @@ def make_tiny_model(
         "qwen3_5": _qwen3_5,
         "qwen3_vl": _qwen3_vl,
         "qwen2_5_vl": _qwen2_5_vl,
+        "instructblip": _instructblip,
     }
     # each family builds its own tokenizer: Qwen's is byte-level, the others are LLaMA-like
     own_tokenizer = {"qwen3_5": qwen_tokenizer, "qwen3_vl": qwen_tokenizer, "qwen2_5_vl": qwen_tokenizer}
