@@ -114,7 +114,7 @@ class ExampleBuilder:
         self.syllabus = Syllabus(family, family.load_processor(path), levels, recipes.for_checkpoint(path))
         self.soft, self.crop, self.hflip, self.views, self.split = soft_labels, crop, hflip, views, split
         self.rng = np.random.default_rng()  # fresh entropy: new crops, flips and questions every epoch
-        self.options = MediaOptions()
+        self.options = self.syllabus.recipe.video.media_options(MediaOptions())  # its frame policy (Q-ReAlign: 8)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = []

@@ -1,8 +1,8 @@
 """InstructBLIP (a Q-Former between a frozen image encoder and the LLM: the query-based family of the method's
 lineage) as a level scorer.
 
-The prompt goes through the processor like any native model (pipeline.models.hf): the Q-Former reads the prompt
-with its own tokenizer, and the processor puts the query tokens' slots before the prompt. The language model runs on
+The prompt goes through the processor like any native model (pipeline.models.hf), which puts the query tokens'
+slots before it; the Q-Former reads the instruction (the question) with its own tokenizer. The language model runs on
 the prompt embeddings with the projected queries scattered into those slots, and the level logits come from its
 final hidden state. One image per prompt: a video needs an InstructBLIP-Video checkpoint (`instructblipvideo`),
 which qcurate does not run, so videos are refused.
@@ -39,7 +39,13 @@ def prepare(
             f"InstructBLIP scores one image per prompt, got {len(frames)} frames: videos need an InstructBLIP-Video "
             "checkpoint (model_type instructblipvideo), which qcurate does not run"
         )
-    return hf.prepare(processor, frames, question, answer_prefix, recipe)
+    out = hf.prepare(processor, frames, question, answer_prefix, recipe)
+    # The Q-Former reads the instruction only (as InstructBLIP was trained), not the chat frame or the answer: so a
+    # training input (the answer appended) gives the Q-Former the very input the scorer gives it.
+    instruction = processor.qformer_tokenizer(question, return_tensors="np")
+    out["qformer_input_ids"] = instruction["input_ids"][0]
+    out["qformer_attention_mask"] = instruction["attention_mask"][0]
+    return out
 
 
 def hidden_states(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
