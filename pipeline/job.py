@@ -163,6 +163,8 @@ def check_previous_run(output: Output, run: dict, restart: bool) -> None:
         return
     previous = store.read_json(run_url)
     for key in ("model", "model_revision", "prompt_recipe", "task", "levels"):
+        if key == "prompt_recipe" and key not in previous:
+            continue  # an output written before recipes were recorded: its model, revision and task still decide
         if previous.get(key) != run[key]:
             raise JobError(
                 f"{output.url} holds scores with {key}={previous.get(key)!r}, this run has {run[key]!r}; "
