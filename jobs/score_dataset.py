@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from pipeline.job import JobConfig, JobError, run
+from pipeline.recipes import RECIPES
 from pipeline.watchdog import DEFAULT_STALL_S, StallError
 from schemas import SchemaError
 
@@ -25,6 +26,11 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
         help="hub id: branch, tag, commit or refs/pr/N (default main); registry entry: version (default CURRENT)",
     )
     p.add_argument("--task", choices=["quality", "aesthetics"], default="quality")
+    p.add_argument(
+        "--prompt-recipe",
+        choices=sorted(RECIPES),
+        help="how to prompt the model (default: the checkpoint's own, from its qcurate.json or model_type)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-scorers", type=int, help="scorer actors (default: one per GPU, 1 without GPUs)")
     p.add_argument("--gpus-per-scorer", type=float, default=1.0)
@@ -52,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
         restart=a.restart,
         model_revision=a.model_revision,
         stall_timeout_s=a.stall_timeout,
+        prompt_recipe=a.prompt_recipe,
     )
 
 

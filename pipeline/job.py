@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import registry, store
+from pipeline import recipes, registry, store
 from pipeline.levels import DEFAULT_LEVELS, Levels
 from pipeline.media import MediaError, MediaOptions, load_media
 from pipeline.scorer import Preprocessor, Scorer
@@ -52,6 +52,7 @@ class JobConfig:
     max_error_rate: float = 0.05
     restart: bool = False  # wipe an existing output instead of resuming it
     model_revision: str | None = None
+    prompt_recipe: str | None = None  # None: the checkpoint's own (pipeline.recipes.for_checkpoint)
     levels: Levels = field(default_factory=lambda: DEFAULT_LEVELS)
     progress_every_s: float = 10.0
     stall_timeout_s: float = DEFAULT_STALL_S  # no progress for this long in any stage: the job fails, naming it
@@ -60,9 +61,11 @@ class JobConfig:
 class DecodeStage:
     """CPU stage: fetch and decode each item, then run the model's processor on it. Bad items become errors."""
 
-    def __init__(self, model_path: str, task: str, levels: Levels, options: MediaOptions) -> None:
-        self.preprocessor = Preprocessor(registry.local_path(model_path), task, levels)
-        self.options = options
+    def __init__(
+        self, model_path: str, task: str, levels: Levels, options: MediaOptions, recipe: str | None = None
+    ) -> None:
+        self.preprocessor = Preprocessor(registry.local_path(model_path), task, levels, recipe=recipe)
+        self.options = self.preprocessor.recipe.video.media_options(options)  # e.g. Q-ReAlign's 8 uniform frames
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
@@ -83,8 +86,8 @@ class DecodeStage:
 class ScoreStage:
     """Scorer actor: holds the model on its GPU (or CPU) and scores each batch in one forward pass."""
 
-    def __init__(self, model_path: str, task: str, levels: Levels) -> None:
-        self.scorer = Scorer(registry.local_path(model_path), task, levels)
+    def __init__(self, model_path: str, task: str, levels: Levels, recipe: str | None = None) -> None:
+        self.scorer = Scorer(registry.local_path(model_path), task, levels, recipe=recipe)
         self.columns = levels.columns
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -164,7 +167,9 @@ def check_previous_run(output: Output, run: dict, restart: bool) -> None:
     if not store.exists(run_url):
         return
     previous = store.read_json(run_url)
-    for key in ("model", "model_revision", "task", "levels"):
+    for key in ("model", "model_revision", "prompt_recipe", "task", "levels"):
+        if key == "prompt_recipe" and key not in previous:
+            continue  # an output written before recipes were recorded: its model, revision and task still decide
         if previous.get(key) != run[key]:
             raise JobError(
                 f"{output.url} holds scores with {key}={previous.get(key)!r}, this run has {run[key]!r}; "
@@ -230,10 +235,12 @@ def run(config: JobConfig, log=print) -> dict:
     except (ValueError, OSError) as e:  # no such folder, version or hub revision; a revision on a plain folder
         raise JobError(f"--model {config.model}: {e}") from e
     output = Output(config.output)
+    recipe = recipes.for_checkpoint(registry.local_path(ref.path), None, config.prompt_recipe)
     run_info = {
         "model": config.model,
         "model_path": ref.path,
         "model_revision": ref.revision,
+        "prompt_recipe": recipe.name,
         "task": config.task,
         "levels": list(config.levels.words),
         "code_version": code_version(),
@@ -332,7 +339,7 @@ def _score(
 
     fs, _ = store.arrow_filesystem(pending[0].url)
     paths = [store.filesystem(s.url)[1] for s in pending]
-    stage_args = dict(model_path=ref.path, task=config.task, levels=config.levels)
+    stage_args = dict(model_path=ref.path, task=config.task, levels=config.levels, recipe=config.prompt_recipe)
     ds = (
         ray.data.read_parquet(
             paths,

@@ -23,7 +23,7 @@ from functools import cached_property
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import methods, registry, store
+from pipeline import methods, recipes, registry, store
 from pipeline.evaluation import evaluate_on_ray
 from pipeline.shards import check_ids_across_shards, list_shards
 from pipeline.synthetic import write_label_shard
@@ -293,6 +293,7 @@ def retrain(config: RetrainConfig) -> Outcome:
         "parent": plan.parent,
         "method": recipe.method,
         "recipe": asdict(recipe),
+        "prompt_recipe": recipes.for_checkpoint(registry.local_path(plan.parent["path"])).name,
         "eval_split": config.eval_split,
         "label_shards": [
             {

@@ -33,10 +33,9 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from pipeline import methods, models, registry, store
+from pipeline import methods, models, recipes, registry, store
 from pipeline.levels import DEFAULT_LEVELS, Levels
 from pipeline.media import MediaError, MediaOptions, load_media
-from pipeline.scorer import prompt_for
 from pipeline.syllabus import Syllabus, augment, level_target, questions
 from schemas import LABELS_V1
 
@@ -133,10 +132,10 @@ class ExampleBuilder:
     ) -> None:
         path = registry.local_path(model_path)
         family = models.family(path)
-        self.syllabus = Syllabus(family, family.load_processor(path), levels)
+        self.syllabus = Syllabus(family, family.load_processor(path), levels, recipes.for_checkpoint(path))
         self.soft, self.crop, self.hflip, self.views, self.split = soft_labels, crop, hflip, views, split
         self.seed = seed
-        self.options = MediaOptions()
+        self.options = self.syllabus.recipe.video.media_options(MediaOptions())  # its frame policy (Q-ReAlign: 8)
 
     def rng(self, epoch: int, key: str) -> np.random.Generator:
         """The generator of one item (or block) in one epoch: new draws every epoch, the same ones in every rerun."""
@@ -167,7 +166,7 @@ class ExampleBuilder:
             rng = self.rng(epoch, str(item_id))
             for _ in range(self.views):  # decoded once, seen several ways
                 frames = augment(media.frames, self.crop, self.hflip, rng)
-                question = str(rng.choice(questions(task, media_type)))
+                question = str(rng.choice(questions(task, media_type, self.syllabus.recipe)))
                 example = self.syllabus.example(frames, media_type, task, target, question)
                 out.append(pickle.dumps(example, protocol=5))
         # Views of one item side by side would fill whole batches with one picture: mix the block's items.
@@ -328,11 +327,11 @@ def train_loop_per_worker(config: dict) -> None:
     parent = registry.local_path(config["parent"])
     family = models.family(parent)
     processor = family.load_processor(parent)
-    syllabus = Syllabus(family, processor)
+    prompt_recipe = recipes.for_checkpoint(parent)  # the parent's prompt recipe: the version is scored with it too
+    syllabus = Syllabus(family, processor, recipe=prompt_recipe)
     tokenizer = family.tokenizer_of(processor)
     level_ids = syllabus.level_ids("quality", "image")
-    reference = prompt_for("quality", "image")
-    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    image_major = family.image_major_keys(processor, prompt_recipe)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model = family.load_model(parent, torch.float32, "cpu")
     trainable = setup_method(model, family, processor, level_ids, recipe, parent)
@@ -418,7 +417,10 @@ def train_loop_per_worker(config: dict) -> None:
                 }
                 torch.save(state, os.path.join(folder, STATE_FILE))
                 if epoch == recipe.epochs - 1:
-                    trainable.export(os.path.join(folder, EXPORT_DIR))
+                    export = os.path.join(folder, EXPORT_DIR)
+                    trainable.export(export)
+                    # the prompt recipe it was trained with, beside it: the version is scored with that recipe
+                    recipes.write_recipe_file(export, prompt_recipe)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
             else:
                 ray.train.report(metrics)

@@ -20,7 +20,7 @@ import pytest
 import torch
 from skimage import data
 
-from pipeline import methods, models, registry, store
+from pipeline import methods, models, recipes, registry, store
 from pipeline.corpus import load_photo, pan_zoom_frames, write_video
 from pipeline.evaluation import correlations, predict
 from pipeline.job import JobConfig
@@ -38,7 +38,7 @@ from pipeline.training import ExampleBuilder, QAlignObjective, Recipe, collate_e
 from schemas import LABELS_V1, SchemaError, validate_labels
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ["llava", "idefics3", "owl2"]
+FAMILIES = ["llava", "idefics3", "owl2", "qwen3_5", "instructblip"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -123,18 +123,21 @@ def family_setup(request, tiny_models):
     path = tiny_models[request.param]
     family = models.family(path)
     processor = family.load_processor(path)
-    return request.param, path, family, processor, Syllabus(family, processor)
+    # taught with the recipe the checkpoint is scored with (Qwen3.5: q-realign)
+    return request.param, path, family, processor, Syllabus(family, processor, recipe=recipes.for_checkpoint(path))
 
 
 def photo(name: str) -> list[np.ndarray]:
     return [getattr(data, name)()]
 
 
-def examples_for(syllabus: Syllabus) -> list[dict]:
+def examples_for(syllabus: Syllabus, with_video: bool = True) -> list[dict]:
     out = [
         syllabus.example(photo(name), "image", "quality", level_target(mos, 1, 5), questions("quality", "image")[q])
         for q, (name, mos) in enumerate([("astronaut", 1.2), ("coffee", 4.6), ("chelsea", 3.1)])
     ]
+    if not with_video:
+        return out
     video = [data.astronaut()[:300, :300], data.astronaut()[100:400, 100:400]]
     out.append(syllabus.example(video, "video", "quality", level_target(2.2, 1, 5), questions("quality", "video")[3]))
     return out
@@ -143,13 +146,14 @@ def examples_for(syllabus: Syllabus) -> list[dict]:
 def test_training_input_is_the_scoring_input_plus_the_answer(family_setup):
     name, path, family, processor, syllabus = family_setup
     tokenizer = family.tokenizer_of(processor)
-    example = examples_for(syllabus)[1]  # coffee, MOS 4.6: "excellent"
+    example = examples_for(syllabus, with_video=False)[1]  # coffee, MOS 4.6: "excellent"
     answer = tokenizer.convert_ids_to_tokens(example["input_ids"][-int(example["n_answer"]) :].tolist())
-    assert [t.lstrip("▁") for t in answer] == ["The", "quality", "of", "the", "image", "is", "excellent", "."]
+    # (SentencePiece marks a word after a space with ▁, byte-level BPE with Ġ)
+    assert [t.lstrip("▁Ġ") for t in answer] == ["The", "quality", "of", "the", "image", "is", "excellent", "."]
     assert int(example["level_from_end"]) == 1
     # the scorer's own input for the reference question is exactly the training input up to the level word
-    reference = prompt_for("quality", "image")
-    scoring = family.prepare(processor, photo("coffee"), reference.question, reference.answer_prefix)
+    reference = syllabus.recipe.prompt("quality", "image")
+    scoring = family.prepare(processor, photo("coffee"), reference.question, reference.answer_prefix, syllabus.recipe)
     training = syllabus.example(photo("coffee"), "image", "quality", level_target(4.6, 1, 5), reference.question)
     n = len(scoring["input_ids"])
     assert np.array_equal(training["input_ids"][:n], scoring["input_ids"])
@@ -160,9 +164,8 @@ def test_training_input_is_the_scoring_input_plus_the_answer(family_setup):
 def test_objective_equals_the_models_own_answer_only_loss(family_setup):
     name, path, family, processor, syllabus = family_setup
     model = family.load_model(path, torch.float32, "cpu")
-    examples = examples_for(syllabus)
-    reference = prompt_for("quality", "image")
-    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    examples = examples_for(syllabus, with_video=name != "instructblip")  # InstructBLIP refuses videos
+    image_major = family.image_major_keys(processor)
     inputs, meta = collate_examples(family, examples, image_major, family.tokenizer_of(processor).pad_token_id)
     objective = QAlignObjective(model, family, syllabus.level_ids("quality", "image"))
     with torch.no_grad():
@@ -185,7 +188,7 @@ def test_objective_equals_the_models_own_answer_only_loss(family_setup):
         solo_inputs, solo_meta = collate_examples(family, examples[:1], image_major, 0)
         _, solo_level = objective(solo_inputs, solo_meta)
     torch.testing.assert_close(solo_level, scorer.level_logits([scorer.preprocessor(media)]), atol=1e-4, rtol=1e-4)
-    assert level_logits.shape == (4, 5)
+    assert level_logits.shape == (len(examples), 5)
 
 
 def test_soft_targets_change_only_the_level_term(tiny_models):
@@ -197,7 +200,7 @@ def test_soft_targets_change_only_the_level_term(tiny_models):
     objective = QAlignObjective(model, family, syllabus.level_ids("quality", "image"))
     reference = prompt_for("quality", "image")
     example = syllabus.example(photo("rocket"), "image", "quality", level_target(3.0, 1, 5), reference.question)
-    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    image_major = family.image_major_keys(processor)
     inputs, meta = collate_examples(family, [example], image_major, 0)
     with torch.no_grad():
         hard, logits = objective(inputs, meta)
@@ -479,8 +482,7 @@ def training_batch(path: str, rows: list[dict]):
         for r in rows
         for q in questions("quality", "image")[:2]
     ]
-    reference = prompt_for("quality", "image")
-    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    image_major = family.image_major_keys(processor)
     return family, processor, syllabus, collate_examples(family, examples, image_major, 0)
 
 
@@ -764,3 +766,37 @@ def test_retrain_with_llama_adapter_versions_its_artifact_and_the_scorer_applies
     media = [load_media(r["uri"], "image") for r in items]
     np.testing.assert_allclose(job_scores, scorer.score_media(media)[1], atol=1e-4)
     assert np.abs(job_scores - Scorer(base).score_media(media)[1]).max() > 1e-4
+@pytest.mark.parametrize(
+    "family, method, recipe",
+    [("qwen3_5", "full", "q-realign"), ("qwen3_5", "lora", "q-realign"), ("instructblip", "full", "generic")],
+)
+def test_retrain_trains_the_new_families_and_the_version_keeps_its_recipe(
+    ray_cluster, tiny_models, label_media, tmp_path, family, method, recipe
+):
+    """The retraining job (Ray Train, 2 workers) on a tiny Qwen3.5 (full and LoRA) and a tiny InstructBLIP: a version
+    results, taught with the base's prompt recipe, and it is scored with that recipe (qcurate.json in the version)."""
+    from pipeline.retrain import RetrainConfig, retrain
+    from pipeline.training import Scaling
+
+    images = [r for r in label_media if r["media_type"] == "image"]  # InstructBLIP scores no videos
+    write_label_shard(images, str(tmp_path / "labels" / "batch-0001" / "part-00000.parquet"))
+    config = RetrainConfig(
+        str(tmp_path / "labels"),
+        tiny_models[family],
+        str(tmp_path / "registry"),
+        "scorer",
+        Recipe(method=method, epochs=1, lr=1e-3, batch_size=4, options={"lora_r": 4} if method == "lora" else {}),
+        Scaling(num_workers=2, cpus_per_worker=0.25, data_cpus=0.25, data_actors=1),
+    )
+    outcome = retrain(config)
+    assert outcome.version == "v0001", outcome
+    history = outcome.metrics["training"]
+    assert history[0]["examples"] == sum(r["split"] == "train" for r in images) and np.isfinite(history[0]["loss"])
+    assert outcome.metrics["held_out"]["after"]["n"] == sum(r["split"] == "eval" for r in images)
+    entry = registry.entry_url(config.registry, "scorer")
+    assert registry.read_version(entry, "v0001")["prompt_recipe"] == recipe
+    version = registry.local_path(outcome.version_url)
+    assert json.loads((Path(version) / "qcurate.json").read_text()) == {"prompt_recipe": recipe}
+    assert Scorer(version).preprocessor.recipe.name == recipe
+    if method == "lora":
+        assert "lora" not in (Path(version) / "config.json").read_text()  # merged on export
