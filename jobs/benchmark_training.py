@@ -1,6 +1,6 @@
 """The learning check: does retraining teach the tiny model to rate quality, measured honestly?
 
-    python jobs/benchmark_training.py [--adapters]   # about 8 minutes on 2 CPU cores (+5 with --adapters)
+    python jobs/benchmark_training.py [--adapters]   # about 8 minutes on 2 CPU cores (+7 with --adapters)
 
 Builds the synthetic MOS set of pipeline.synthetic (scikit-image photographs at graded distortion levels, the MOS known
 from the level; whole photographs held out for the eval split), writes it as a label shard, and runs the real
@@ -9,8 +9,8 @@ after training, on training items and on the held-out photographs, and checks:
   (a) fit: SRCC on the training items >= 0.8 (their centre crops, the crop size the model trains on);
   (b) generalisation: held-out SRCC up by >= 0.2 over the untrained model;
   (c) all of it (evaluation before and after included) within --budget-s seconds.
-With --adapters it then folds two more label batches into the promoted version with LoRA and with a visual prompt
-and prints their training loss per epoch and training SRCC before/after.
+With --adapters it then folds three more label batches into the promoted version with LoRA, a visual prompt and a
+LLaMA-Adapter, and prints their training loss per epoch and SRCC before/after on training and held-out items.
 Exit status 0 when every check passes, 1 otherwise.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -42,7 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--budget-s", type=float, default=600.0)
-    p.add_argument("--adapters", action="store_true", help="also run LoRA and visual-prompt rounds on new batches")
+    p.add_argument(
+        "--adapters", action="store_true", help="also run LoRA, visual-prompt and llama-adapter rounds on new batches"
+    )
+    p.add_argument("--adapter-epochs", type=int, default=2, help="epochs of each adapter round")
     return p.parse_args(argv)
 
 
@@ -104,20 +108,39 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.adapters:
         entry = registry.entry_url(config.registry, config.name)
-        print(f"adapters on top of {registry.current_version(entry)}:", flush=True)
-        for batch, method, lr in ((2, "lora", 2e-3), (3, "visual-prompt", 1e-2)):
+        # Side by side: each round folds its own new batch into the same promoted version, in a copy of the entry
+        # (one round's promoted visual prompt would otherwise be the next round's parent, which only a visual
+        # prompt can train further).
+        print(f"adapters on top of {registry.current_version(entry)}, one new label batch each:", flush=True)
+        rounds = (
+            (2, "lora", 2e-3, {"lora_r": 16}),
+            (3, "visual-prompt", 1e-2, {"prompt_pixels": 4}),
+            (4, "llama-adapter", 1e-2, {"adapter_len": 10, "adapter_layers": 2}),
+        )
+        for batch, method, lr, options in rounds:
             more = build_learning_set(os.path.join(workdir, f"media-{batch}"), train_sides=(128,), seed=batch)
             more = [{**r, "id": f"b{batch}-{r['id']}"} for r in more if r["split"] == "train"]
             write_label_shard(more, os.path.join(labels, f"batch-000{batch}", "part-00000.parquet"))
+            name = f"{config.name}-{method}"
+            shutil.copytree(entry, registry.entry_url(config.registry, name))
+            shards = os.path.join(labels, f"batch-000[1{batch}]", "part-*.parquet")  # the first batch and its own
             adapter = Recipe(
-                method=method, epochs=2, lr=lr, batch_size=32, crop=32, hflip=True, views=16, lora_r=16, prompt_pixels=4
+                method=method,
+                epochs=args.adapter_epochs,
+                lr=lr,
+                batch_size=32,
+                crop=32,
+                hflip=True,
+                views=16,
+                options=options,
             )
-            result = retrain(RetrainConfig(labels, base, config.registry, config.name, adapter, scaling))
+            result = retrain(RetrainConfig(shards, base, config.registry, name, adapter, scaling))
             losses = ", ".join(f"{e['loss']:.4f}" for e in result.metrics["training"])
-            train = result.metrics["train"]
+            train, held = result.metrics["train"], result.metrics["held_out"]
             print(
                 f"  {method} ({result.version}, {result.status}): training loss per epoch {losses}; training-item "
-                f"SRCC {train['before']['srcc']:.3f} -> {train['after']['srcc']:.3f}",
+                f"SRCC {train['before']['srcc']:.3f} -> {train['after']['srcc']:.3f}; held-out SRCC "
+                f"{held['before']['srcc']:.3f} -> {held['after']['srcc']:.3f}",
                 flush=True,
             )
     return 0 if all(checks.values()) else 1

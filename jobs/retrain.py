@@ -19,8 +19,10 @@ import argparse
 import sys
 from dataclasses import fields
 
+from pipeline import methods
 from pipeline.retrain import RetrainConfig, retrain
-from pipeline.training import METHODS, Recipe, Scaling
+from pipeline.training import Recipe, Scaling
+from pipeline.watchdog import DEFAULT_STALL_S, StallError
 from schemas import SchemaError
 
 
@@ -30,9 +32,10 @@ def parse_args(argv: list[str] | None = None) -> RetrainConfig:
     p.add_argument("--base-model", required=True, help="model folder or hub id the entry's lineage starts from")
     p.add_argument("--registry", required=True, help="registry root, any fsspec URL; versions go to <registry>/<name>/")
     p.add_argument("--name", required=True, help="the registry entry; score with --model <registry>/<name>")
-    p.add_argument("--method", choices=METHODS, default="full")
+    p.add_argument("--method", choices=methods.names(), default="full", help="training method (pipeline/methods/)")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, help="learning rate (default: 2e-5 full, 2e-4 lora, 1e-2 visual-prompt)")
+    lrs = ", ".join(f"{m.default_lr:g} {m.name}" for m in methods.all_methods())
+    p.add_argument("--lr", type=float, help=f"learning rate (default: {lrs})")
     p.add_argument("--batch-size", type=int, default=64, help="global batch size, split over the workers")
     p.add_argument("--num-workers", type=int, default=2, help="DDP training workers")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (and per evaluation task)")
@@ -45,16 +48,25 @@ def parse_args(argv: list[str] | None = None) -> RetrainConfig:
     p.add_argument("--shuffle-buffer", type=int, default=512, help="examples each worker shuffles before batching")
     p.add_argument("--warmup-ratio", type=float, default=0.03)
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--lora-r", type=int, default=128)
-    p.add_argument("--lora-alpha", type=int, help="default: 2 * lora-r")
-    p.add_argument("--prompt-pixels", type=int, default=30, help="visual-prompt border width in pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--data-cpus", type=float, default=1.0, help="CPUs per example-preparing actor")
+    for method in methods.all_methods():  # each method's own options (its flags are only for it)
+        for option in method.options:
+            default = "" if option.default is None else f" (default {option.default})"
+            p.add_argument(option.flag, type=option.type, help=f"[{method.name}] {option.help}{default}")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and augmentation/question draws")
+    p.add_argument("--cpus-per-worker", type=float, help="default: the CPUs the example actors leave, split evenly")
+    p.add_argument("--data-cpus", type=float, help="CPUs per example-preparing actor (default 1; 0.5 below 8 CPUs)")
     p.add_argument("--data-actors", type=int, default=2, help="at most this many example-preparing actors")
     p.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the last checkpoint")
     p.add_argument("--fit-items", type=int, default=1000, help="training items scored to measure the fit")
+    p.add_argument(
+        "--stall-timeout", type=float, default=DEFAULT_STALL_S, help="fail when work cannot be placed this long (s)"
+    )
     a = p.parse_args(argv)
+    own = {o.name for o in methods.get(a.method).options}
+    for method in methods.all_methods():
+        for option in method.options:
+            if option.name not in own and getattr(a, option.name) is not None:
+                p.error(f"{option.flag} is an option of --method {method.name}, not of {a.method}")
     try:  # the configs check their values; a bad one is a usage error
         return RetrainConfig(
             labels=a.labels,
@@ -62,11 +74,15 @@ def parse_args(argv: list[str] | None = None) -> RetrainConfig:
             registry=a.registry,
             name=a.name,
             # The options are named like the fields of Recipe and Scaling.
-            recipe=Recipe(**{f.name: getattr(a, f.name) for f in fields(Recipe)}),
+            recipe=Recipe(
+                **{f.name: getattr(a, f.name) for f in fields(Recipe) if f.name != "options"},
+                options={name: getattr(a, name) for name in own if getattr(a, name) is not None},
+            ),
             scaling=Scaling(**{f.name: getattr(a, f.name) for f in fields(Scaling)}),
             eval_split=a.eval_split,
             all_labels=a.all_labels,
             fit_items=a.fit_items,
+            stall_timeout_s=a.stall_timeout,
         )
     except ValueError as e:
         p.error(str(e))
@@ -76,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
         outcome = retrain(config)
-    except (SchemaError, FileNotFoundError, ValueError) as e:
+    except (SchemaError, FileNotFoundError, ValueError, StallError) as e:
         print(f"retrain: FAILED: {e}", file=sys.stderr, flush=True)
         return 1
     if outcome.version:

@@ -11,6 +11,8 @@ import argparse
 import sys
 
 from pipeline.job import JobConfig, JobError, run
+from pipeline.recipes import RECIPES
+from pipeline.watchdog import DEFAULT_STALL_S, StallError
 from schemas import SchemaError
 
 
@@ -19,8 +21,16 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     p.add_argument("--manifest", required=True, help="folder (or glob) of manifest Parquet shards, any fsspec URL")
     p.add_argument("--output", required=True, help="output folder for score shards, any fsspec URL")
     p.add_argument("--model", required=True, help="model folder, hub id, or registry entry (folder with CURRENT)")
-    p.add_argument("--model-revision", help="record this revision instead of the computed one")
+    p.add_argument(
+        "--model-revision",
+        help="hub id: branch, tag, commit or refs/pr/N (default main); registry entry: version (default CURRENT)",
+    )
     p.add_argument("--task", choices=["quality", "aesthetics"], default="quality")
+    p.add_argument(
+        "--prompt-recipe",
+        choices=sorted(RECIPES),
+        help="how to prompt the model (default: the checkpoint's own, from its qcurate.json or model_type)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-scorers", type=int, help="scorer actors (default: one per GPU, 1 without GPUs)")
     p.add_argument("--gpus-per-scorer", type=float, default=1.0)
@@ -28,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     p.add_argument("--max-frames", type=int, default=16, help="frame cap per video (uniform subsampling)")
     p.add_argument("--max-error-rate", type=float, default=0.05, help="fail the job above this fraction of errors")
     p.add_argument("--restart", action="store_true", help="delete an existing output and start over")
+    p.add_argument(
+        "--stall-timeout", type=float, default=DEFAULT_STALL_S, help="fail when no stage progresses this long (s)"
+    )
     a = p.parse_args(argv)
     if a.batch_size < 1 or a.max_frames < 1 or a.fps <= 0 or not 0 <= a.max_error_rate <= 1:
         p.error("--batch-size and --max-frames must be >= 1, --fps > 0, --max-error-rate in [0, 1]")
@@ -44,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
         max_error_rate=a.max_error_rate,
         restart=a.restart,
         model_revision=a.model_revision,
+        stall_timeout_s=a.stall_timeout,
+        prompt_recipe=a.prompt_recipe,
     )
 
 
@@ -51,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
         run(config)
-    except (JobError, SchemaError, FileNotFoundError) as e:
+    except (JobError, SchemaError, FileNotFoundError, StallError) as e:
         print(f"score_dataset: FAILED: {e}", file=sys.stderr, flush=True)
         return 1
     return 0

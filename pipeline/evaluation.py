@@ -7,7 +7,7 @@ import torch
 from scipy import stats
 
 from pipeline import registry
-from pipeline.media import MediaError, load_media
+from pipeline.media import MediaError, MediaOptions, load_media
 from pipeline.scorer import Scorer
 from pipeline.syllabus import augment
 
@@ -32,12 +32,13 @@ def predict(model_path: str, rows: list[dict], crop: int | None = None, batch_si
     scores = np.full(len(rows), np.nan)
     for task in sorted({r["task"] for r in rows}):
         scorer = Scorer(path, task)
+        options = scorer.preprocessor.recipe.video.media_options(MediaOptions())  # the recipe's frame policy
         picked = [i for i, r in enumerate(rows) if r["task"] == task]
         for start in range(0, len(picked), batch_size):
             prepared, where = [], []
             for i in picked[start : start + batch_size]:
                 try:
-                    media = load_media(rows[i]["uri"], rows[i]["media_type"])
+                    media = load_media(rows[i]["uri"], rows[i]["media_type"], options)
                 except MediaError:
                     continue
                 media.frames = augment(media.frames, crop, False, None)

@@ -9,6 +9,8 @@ the job died is scored again from scratch, so every manifest row ends up in the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import subprocess
 import time
@@ -22,11 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import registry, store
+from pipeline import checkpoint, recipes, registry, store
 from pipeline.levels import DEFAULT_LEVELS, Levels
 from pipeline.media import MediaError, MediaOptions, load_media
 from pipeline.scorer import Preprocessor, Scorer
-from pipeline.shards import Output, Shard, list_shards, read_shard, validate_shards
+from pipeline.shards import Output, Shard, manifest_listing, read_shard
+from pipeline.validation import validate_manifest_shards
+from pipeline.watchdog import DEFAULT_STALL_S, watch
 from schemas import MANIFEST_V1, output_columns, scores_schema, validate_scores
 
 
@@ -48,16 +52,20 @@ class JobConfig:
     max_error_rate: float = 0.05
     restart: bool = False  # wipe an existing output instead of resuming it
     model_revision: str | None = None
+    prompt_recipe: str | None = None  # None: the checkpoint's own (pipeline.recipes.for_checkpoint)
     levels: Levels = field(default_factory=lambda: DEFAULT_LEVELS)
     progress_every_s: float = 10.0
+    stall_timeout_s: float = DEFAULT_STALL_S  # no progress for this long in any stage: the job fails, naming it
 
 
 class DecodeStage:
     """CPU stage: fetch and decode each item, then run the model's processor on it. Bad items become errors."""
 
-    def __init__(self, model_path: str, task: str, levels: Levels, options: MediaOptions) -> None:
-        self.preprocessor = Preprocessor(registry.local_path(model_path), task, levels)
-        self.options = options
+    def __init__(
+        self, model_path: str, task: str, levels: Levels, options: MediaOptions, recipe: str | None = None
+    ) -> None:
+        self.preprocessor = Preprocessor(registry.local_path(model_path), task, levels, recipe=recipe)
+        self.options = self.preprocessor.recipe.video.media_options(options)  # e.g. Q-ReAlign's 8 uniform frames
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
@@ -78,8 +86,8 @@ class DecodeStage:
 class ScoreStage:
     """Scorer actor: holds the model on its GPU (or CPU) and scores each batch in one forward pass."""
 
-    def __init__(self, model_path: str, task: str, levels: Levels) -> None:
-        self.scorer = Scorer(registry.local_path(model_path), task, levels)
+    def __init__(self, model_path: str, task: str, levels: Levels, recipe: str | None = None) -> None:
+        self.scorer = Scorer(registry.local_path(model_path), task, levels, recipe=recipe)
         self.columns = levels.columns
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -162,12 +170,57 @@ def check_previous_run(output: Output, run: dict, restart: bool) -> None:
     if not store.exists(run_url):
         return
     previous = store.read_json(run_url)
-    for key in ("model", "model_revision", "task", "levels"):
+    for key in ("model", "model_revision", "prompt_recipe", "task", "levels"):
+        if key == "prompt_recipe" and key not in previous:
+            continue  # an output written before recipes were recorded: its model, revision and task still decide
         if previous.get(key) != run[key]:
             raise JobError(
                 f"{output.url} holds scores with {key}={previous.get(key)!r}, this run has {run[key]!r}; "
                 "use another --output, or --restart to delete the old scores and start over"
             )
+
+
+MANIFEST_FILE = "_manifest.json"
+
+
+def checked_manifest(config: JobConfig, output: Output, log=print) -> list[Shard]:
+    """The manifest's shards, validated on the cluster; a rerun over an unchanged manifest (same shard names, sizes
+    and ETags or mtimes, from one listing) reuses the last validation. A shard rewritten after it was committed is
+    refused: its committed scores would no longer match it."""
+    listing = manifest_listing(config.manifest)
+    digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
+    url = store.join(output.url, MANIFEST_FILE)
+    previous = store.read_json(url) if store.exists(url) else None
+    if previous and previous["digest"] == digest and previous["task"] == config.task:
+        return [Shard(u, store.basename(u), previous["rows"][store.basename(u)]) for u in listing]
+    if previous:
+        committed = output.committed()
+        rewritten = [
+            store.basename(u)
+            for u, stat in listing.items()
+            if store.basename(u) in committed and previous["listing"].get(store.basename(u)) != stat
+        ]
+        if rewritten:
+            raise JobError(
+                f"{config.manifest}: shard(s) {rewritten[:5]} changed after their scores were committed to "
+                f"{output.url}; use --restart to score the manifest again, or another --output"
+            )
+        log(f"manifest changed since the last run ({previous['digest']} -> {digest}): validating it again")
+    shards = validate_manifest_shards(
+        list(listing),
+        videos_allowed=config.task == "quality",
+        reserved=tuple(output_columns(config.levels)),
+        stall_s=config.stall_timeout_s,
+        log=log,
+    )
+    record = {
+        "digest": digest,
+        "task": config.task,
+        "listing": {store.basename(u): stat for u, stat in listing.items()},
+        "rows": {s.name: s.num_rows for s in shards},
+    }
+    store.write_json(url, record)
+    return shards
 
 
 def init_ray() -> float:
@@ -184,12 +237,18 @@ def run(config: JobConfig, log=print) -> dict:
     """Score every uncommitted shard of the manifest. Returns the run summary (also written to _run.json)."""
 
     t0 = time.perf_counter()
-    ref = registry.resolve(config.model, config.model_revision)
+    try:
+        ref = registry.resolve(config.model, config.model_revision)
+    except (ValueError, OSError) as e:  # no such folder, version or hub revision; a revision on a plain folder
+        raise JobError(f"--model {config.model}: {e}") from e
     output = Output(config.output)
+    # Only the small config files: the weights are the actors' to fetch, on their own nodes.
+    recipe = recipes.for_checkpoint(checkpoint.metadata_folder(ref.path), None, config.prompt_recipe)
     run_info = {
         "model": config.model,
         "model_path": ref.path,
         "model_revision": ref.revision,
+        "prompt_recipe": recipe.name,
         "task": config.task,
         "levels": list(config.levels.words),
         "code_version": code_version(),
@@ -197,15 +256,8 @@ def run(config: JobConfig, log=print) -> dict:
     }
     check_previous_run(output, run_info, config.restart)
 
-    # A bad manifest fails here, before any scoring; so does a column the output would overwrite.
-    shards = validate_shards(list_shards(config.manifest), reserved=output_columns(config.levels))
-    if config.task != "quality":
-        for shard in shards:
-            media = read_shard(shard.url, columns=["media_type"]).column("media_type")
-            if pc.any(pc.equal(media, "video")).as_py():
-                raise JobError(
-                    f"{shard.url}: column 'media_type': videos are scored for quality only, not {config.task!r}"
-                )
+    ray_start_s = init_ray()
+    shards = checked_manifest(config, output, log)  # a bad manifest fails here, before any scoring
     committed = output.committed()
     pending = [s for s in shards if s.name not in committed]
     log(
@@ -214,7 +266,6 @@ def run(config: JobConfig, log=print) -> dict:
     )
     store.write_json(store.join(output.url, "_run.json"), {**run_info, "status": "running"})
 
-    ray_start_s = init_ray()
     counts: Counter = Counter()
     timing: dict[str, float] = {}
     short: dict[str, str] = {}
@@ -227,9 +278,8 @@ def run(config: JobConfig, log=print) -> dict:
     scoring_s = time.perf_counter() - t_score
 
     done = committed | {s.name for s in pending if s.name not in short}
-    markers = [store.read_json(output.marker_url(s.name)) for s in shards if s.name in done]
     total = Counter()
-    for m in markers:
+    for m in output.markers([s.name for s in shards if s.name in done]):
         total.update({"rows": m["rows"], "errors": m["errors"]})
         total.update({f"error:{k}": v for k, v in m["errors_by_kind"].items()})
     summary = {
@@ -284,6 +334,9 @@ def _score(
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver prints its own progress lines
+    # Rows come back in manifest order, so shards complete one after another: the driver holds the rows of about
+    # one partly gathered shard at a time, however many shards there are (Ray Data reorders in the object store).
+    ctx.execution_options.preserve_order = True
     resources = ray.cluster_resources()
     gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 1)
     num_scorers = config.num_scorers or max(1, int(gpus / config.gpus_per_scorer))
@@ -294,11 +347,17 @@ def _score(
     unit = 1.0 if cpus >= 8 else 0.5
     scorer_cpus = 1.0 if gpus else unit
     decoders = max(1, int((cpus - num_scorers * scorer_cpus - 0.25) / unit))
+    need_cpus, need_gpus = num_scorers * scorer_cpus + unit + 0.25, num_scorers * scorer_gpus
+    if need_cpus > cpus or need_gpus > gpus:  # would wait forever for resources that are not there
+        raise JobError(
+            f"--num-scorers {num_scorers} (each {scorer_cpus:g} CPU, {scorer_gpus:g} GPU) with one decoder and the "
+            f"reads needs {need_cpus:g} CPU(s) and {need_gpus:g} GPU(s); the cluster has {cpus:g} and {gpus:g}"
+        )
     options = MediaOptions(sample_fps=config.fps, max_frames=config.max_frames)
 
     fs, _ = store.arrow_filesystem(pending[0].url)
     paths = [store.filesystem(s.url)[1] for s in pending]
-    stage_args = dict(model_path=ref.path, task=config.task, levels=config.levels)
+    stage_args = dict(model_path=ref.path, task=config.task, levels=config.levels, recipe=config.prompt_recipe)
     try:
         source = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, partitioning=None, num_cpus=0.25)
     except ValueError as e:
@@ -339,7 +398,8 @@ def _score(
     counts: Counter = Counter()
     last_log = t0 = time.perf_counter()
     t_first, rows_first = None, 0
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    max_partial = 0
+    for block in watch(ds.iter_batches(batch_size=None, batch_format="pyarrow"), config.stall_timeout_s, "scoring"):
         if t_first is None:
             t_first, rows_first = time.perf_counter(), block.num_rows
         for path in pc.unique(block.column("path")).to_pylist():
@@ -349,6 +409,7 @@ def _score(
             seen[shard.name] += part.num_rows
             if seen[shard.name] == shard.num_rows:
                 counts += _commit(shard, parts.pop(shard.name), config, ref, output)
+        max_partial = max(max_partial, len(parts))
         if time.perf_counter() - last_log > config.progress_every_s:
             last_log = time.perf_counter()
             done = sum(seen.values())
@@ -362,6 +423,7 @@ def _score(
         steady_s = time.perf_counter() - t_first
         steady_rows = sum(seen.values()) - rows_first
         timing["first_result_s"] = round(t_first - t0, 2)
+        timing["max_partial_shards"] = max_partial
         if steady_rows and steady_s > 0:
             timing["steady_rows_per_s"] = round(steady_rows / steady_s, 2)
     return counts, timing, short

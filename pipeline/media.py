@@ -87,6 +87,8 @@ class Media:
 class MediaOptions:
     sample_fps: float = 1.0  # video sampling rate
     max_frames: int = 16  # cap: uniform subsampling over the sampled frames when exceeded
+    # Instead of sampling at sample_fps: this many frames spread uniformly over the whole video (Q-ReAlign's 8).
+    uniform_frames: int | None = None
     max_pixels: int = 64_000_000  # more pixels than this: refused from the header (decompression bombs)
     # Objects larger than these are refused (too_large) from their metadata, before any byte is read. 256 MiB holds
     # an uncompressed 8-bit RGBA image at the pixel limit (64 MP x 4 bytes); a video is read whole into memory once.
@@ -99,8 +101,8 @@ class MediaOptions:
         # A bad option is a configuration bug, so it fails at construction, not as a per-item error.
         if not self.sample_fps > 0:
             raise ValueError(f"sample_fps must be > 0, got {self.sample_fps}")
-        for name in ("max_frames", "max_pixels", "max_image_bytes", "max_video_bytes"):
-            if getattr(self, name) < 1:
+        for name in ("max_frames", "max_pixels", "max_image_bytes", "max_video_bytes", "uniform_frames"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def max_bytes(self, media_type: str) -> int:
@@ -352,10 +354,13 @@ def sample_frame_indices(num_frames: int, native_fps: float | None, options: Med
 
     Index i is round_half_up(i * native_fps / sample_fps), so 1 fps on a 24 fps video gives 0, 24, 48, ...
     A video shorter than one sampling period still gives frame 0. Without a usable native fps, the frames are
-    spread uniformly over the whole video.
+    spread uniformly over the whole video. With `uniform_frames`, that many frames spread uniformly, whatever the fps.
     """
     if num_frames <= 0:
         return []
+    if options.uniform_frames is not None:
+        count = min(options.uniform_frames, num_frames)
+        return [int(i) for i in np.round(np.linspace(0, num_frames - 1, count)).astype(np.int64)]
     if native_fps is None or not math.isfinite(native_fps) or native_fps <= 0:
         indices = np.arange(num_frames)
     else:

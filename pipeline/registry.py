@@ -1,7 +1,7 @@
 """A model registry in object storage: `<registry>/<name>/<version>/` folders and a `CURRENT` pointer.
 
 Scoring accepts a model folder, a hub id, or a registry entry (a folder holding CURRENT, which names the version
-folder to use). Remote folders are copied once to a local cache, since transformers loads from local paths.
+folder to use). Remote folders and hub snapshots become local folders of safetensors (pipeline.checkpoint).
 """
 
 from __future__ import annotations
@@ -9,19 +9,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import store
-
-CACHE = Path(os.environ.get("QCURATE_CACHE", Path.home() / ".cache" / "qcurate"))
+from pipeline import checkpoint, store
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    path: str  # a model folder (local or remote URL) or a hub id
-    revision: str  # what exactly will run: registry version, content hash of a folder, or hub revision
+    path: str  # a model folder (local or remote URL), or a hub id pinned to a commit (`org/name@sha`)
+    revision: str  # what exactly will run: hub commit sha, registry version (+ digest), or content hash of a folder
 
 
 def _is_folder(url: str) -> bool:
@@ -32,7 +29,8 @@ def weights_digest(url: str) -> str:
     """sha256 over a model folder's config and weight files: the honest revision of an unversioned folder."""
     fs, path = store.filesystem(url)
     digest = hashlib.sha256()
-    files = sorted(f for f in fs.ls(path, detail=False) if f.endswith((".safetensors", "config.json", ".index.json")))
+    kinds = (".safetensors", ".bin", "config.json", ".index.json")
+    files = sorted(f for f in fs.ls(path, detail=False) if f.endswith(kinds))
     for f in files:
         digest.update(store.basename(f).encode())
         with fs.open(f, "rb") as fh:
@@ -42,31 +40,34 @@ def weights_digest(url: str) -> str:
 
 
 def resolve(model: str, revision: str | None = None) -> ModelRef:
-    """Which model folder (or hub id) `model` names, and its revision."""
+    """Which model folder (or pinned hub id) `model` names, at which revision.
+
+    `revision` selects: a version of a registry entry (`v0003`; default CURRENT), or a branch, tag, `refs/pr/N` or
+    commit of a hub id (default main). A plain folder has no revisions: it is identified by the digest of its files.
+    """
     if _is_folder(model) and store.exists(store.join(model, "CURRENT")):
-        version = store.read_text(store.join(model, "CURRENT")).strip()
-        return ModelRef(store.join(model, version), f"{store.basename(model)}/{version}")
+        version = revision or store.read_text(store.join(model, "CURRENT")).strip()
+        if not store.exists(store.join(model, version, VERSION_FILE)):
+            raise FileNotFoundError(f"{model}: no finished version {version!r} (versions: {list_versions(model)})")
+        digest = read_version(model, version).get("digest")
+        name = f"{store.basename(model)}/{version}"
+        return ModelRef(store.join(model, version), f"{name}@{digest}" if digest else name)
     if _is_folder(model):
-        return ModelRef(model, revision or weights_digest(model))
-    return ModelRef(model, revision or "unpinned")  # a hub id
+        if revision:
+            raise ValueError(
+                f"--model-revision {revision!r}: {model} is a plain folder, which has no revisions (it is identified "
+                "by the digest of its files); revisions select a hub id's commit or a registry entry's version"
+            )
+        return ModelRef(model, weights_digest(model))
+    if not checkpoint.is_hub_id(model):
+        raise FileNotFoundError(f"{model}: no such model folder, and not a hub id (org/name)")
+    sha = checkpoint.hub_revision(model, revision)
+    return ModelRef(checkpoint.pinned(model, sha), sha)
 
 
 def local_path(path: str) -> str:
-    """A local folder holding the model: remote folders are downloaded once into the cache."""
-    if "://" not in path or path.startswith("file://"):
-        return path.removeprefix("file://")
-    target = CACHE / "models" / hashlib.sha256(path.encode()).hexdigest()[:16]
-    done = target / ".complete"
-    if not done.exists():
-        fs, remote = store.filesystem(path)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        store.retry(lambda: fs.get(remote.rstrip("/") + "/", str(tmp), recursive=True), f"download {path}")
-        try:
-            tmp.rename(target)
-        except OSError:  # another worker on this node finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-        done.touch()
-    return str(target)
+    """A local folder holding the model's safetensors files (see pipeline.checkpoint.local_folder)."""
+    return checkpoint.local_folder(path)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -212,3 +213,58 @@ def remove_run(entry: str, run_id: str) -> None:
     fs, path = store.filesystem(store.join(runs_url(entry), run_id))
     if store.retry(lambda: fs.exists(path), f"exists {path}"):
         store.retry(lambda: fs.rm(path, recursive=True), f"remove {path}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Versions imported from published checkpoints (jobs/import_model.py)
+
+
+def import_checkpoint(
+    source: str, registry: str, name: str, revision: str | None = None, promote: bool = False, log=print
+) -> tuple[str, dict]:
+    """Write a published checkpoint (hub id, or a folder: local or any fsspec URL) as a new immutable safetensors
+    version of `<registry>/<name>`; `.bin` weights are converted safely on the way (pipeline.checkpoint), remote
+    code is left behind. The entry's first version becomes CURRENT; a later one only with `promote`.
+    Returns (version, its version.json record)."""
+    import tempfile
+    from datetime import datetime, timezone
+
+    from pipeline.job import code_version
+
+    ref = resolve(source, revision)
+    if checkpoint.is_hub_id(source):
+        log(f"import: {source} at commit {ref.revision}")
+    folder = Path(checkpoint.local_folder(ref.path))
+    entry = entry_url(registry, name)
+    with tempfile.TemporaryDirectory(prefix="qcurate-import-") as staging:
+        # Link (not copy) the files to upload: the weights may be many GB. Never pickles or remote code.
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix not in (".bin", ".py", ".pyc", ".lock") and not path.name.startswith("."):
+                os.symlink(path.resolve(), os.path.join(staging, path.name))
+        digest = weights_digest(staging)
+        version = next_version_name(entry)
+        log(f"import: uploading {len(os.listdir(staging))} files to {entry}/{version}")
+        upload_version(entry, version, staging)
+    current = current_version(entry)
+    promoted = current is None or promote
+    reason = (
+        "first version of the entry"
+        if current is None
+        else ("--promote" if promote else f"CURRENT stays at {current} (pass --promote to move it)")
+    )
+    record = {
+        "method": "import",
+        "source": source,
+        "source_revision": ref.revision,
+        "digest": digest,
+        "base_model": {"path": ref.path, "revision": ref.revision},
+        "parent": None,
+        "seen_shards": {},
+        "code_version": code_version(),
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "promotion": {"promoted": promoted, "reason": reason},
+    }
+    finish_version(entry, version, {}, record)
+    if promoted:
+        set_current(entry, version)
+    return version, record

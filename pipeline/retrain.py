@@ -23,13 +23,12 @@ from functools import cached_property
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import registry, store
+from pipeline import methods, recipes, registry, store
 from pipeline.evaluation import evaluate_on_ray
 from pipeline.shards import check_ids_across_shards, list_shards, unreadable
 from pipeline.synthetic import write_label_shard
 from pipeline.training import EXPORT_DIR, Recipe, Scaling, fit
-from pipeline.visual_prompt import CONFIG as PROMPT_CONFIG
-from pipeline.visual_prompt import WEIGHTS as PROMPT_WEIGHTS
+from pipeline.watchdog import DEFAULT_STALL_S, watched
 from schemas import SchemaError, validate_labels
 
 # ------------------------------------------------------------------------------------------------------------
@@ -90,6 +89,7 @@ class RetrainConfig:
     eval_split: str = "eval"
     all_labels: bool = False  # train on the training rows of every shard, not only the new shards'
     fit_items: int = 1000  # at most this many training items are scored to measure the fit
+    stall_timeout_s: float = DEFAULT_STALL_S  # work the cluster cannot place for this long fails the run
 
     def __post_init__(self) -> None:
         if self.recipe.batch_size < self.scaling.num_workers:
@@ -182,25 +182,25 @@ def _fit_sample(rows: list[dict], limit: int) -> list[dict]:
     return ranked[:limit]
 
 
-# Files a version takes from its parent: everything but the weights (which training replaced) and the registry's
-# own records. A visual-prompt version keeps the parent's (frozen) weights too.
-_REGISTRY_FILES = (
-    registry.VERSION_FILE,
-    registry.METRICS_FILE,
-    ".complete",
-    PROMPT_WEIGHTS,
-    PROMPT_CONFIG,
-)
+# Files a version never takes from its parent: the registry's own records, and any method's artifact (the new
+# export brings its own).
+_REGISTRY_FILES = (registry.VERSION_FILE, registry.METRICS_FILE, ".complete")
 _WEIGHT_FILES = ("config.json", "generation_config.json")
 
 
 def stage_version(parent_path: str, export: str, method: str, out: str) -> None:
-    """A complete model folder in `out`: the parent's tokenizer/processor files, then the trained artifact."""
+    """A complete model folder in `out`: the parent's tokenizer/processor files, then the trained artifact.
+
+    A method with an artifact of its own adds to the frozen parent, so its version keeps the parent's weights too;
+    any other method's export holds the trained weights.
+    """
     parent = registry.local_path(parent_path)
+    skip = {*_REGISTRY_FILES, *methods.artifact_files()}
+    keeps_weights = bool(methods.get(method).artifacts)
     for name in sorted(os.listdir(parent)):
         source = os.path.join(parent, name)
         is_weights = name.endswith((".safetensors", ".safetensors.index.json")) or name in _WEIGHT_FILES
-        if not os.path.isfile(source) or name in _REGISTRY_FILES or (is_weights and method != "visual-prompt"):
+        if not os.path.isfile(source) or name in skip or (is_weights and not keeps_weights):
             continue
         shutil.copy2(source, os.path.join(out, name))
     for name in os.listdir(export):
@@ -212,6 +212,15 @@ def _ensure_ray() -> None:
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, logging_level="WARNING")
+
+
+def _cluster_size() -> tuple[float, float, float]:
+    """(CPUs, GPUs, CPUs of the largest node) of the cluster Ray is connected to."""
+    import ray
+
+    total = ray.cluster_resources()
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return total.get("CPU", 0), total.get("GPU", 0), max(nodes, default=0)
 
 
 def retrain(config: RetrainConfig) -> Outcome:
@@ -226,16 +235,27 @@ def retrain(config: RetrainConfig) -> Outcome:
     splits = {"held_out": eval_rows, "train": _fit_sample(train_rows, config.fit_items)}
     crops = {"train": recipe.crop}  # fit is measured on centre crops when training crops; held-out never is
     _ensure_ray()
+    scaling = scaling.sized_for(*_cluster_size())
+    log(
+        f"resources: {scaling.num_workers} worker(s) x {scaling.cpus_per_worker:g} CPU"
+        + (" + 1 GPU" if scaling.use_gpu else "")
+        + f", example actors {scaling.data_cpus:g} CPU each"
+    )
 
     rate = {"parent": plan.parent["path"]}
     if plan.current is not None and plan.current != plan.parent["version"]:
         rate["current"] = store.join(plan.entry, plan.current)
     log(f"measuring {', '.join(rate)} on {len(eval_rows)} held-out and {len(splits['train'])} training item(s)")
-    before = evaluate_on_ray(rate, splits, crops, scaling.use_gpu)
+    stall = config.stall_timeout_s
+    before = watched(lambda: evaluate_on_ray(rate, splits, crops, scaling.use_gpu), stall, "evaluation (before)")
 
     log(f"training ({recipe.method}, {recipe.epochs} epoch(s), {scaling.num_workers} worker(s)) as {plan.run_id}")
     runs = registry.runs_url(plan.entry)
-    result = fit(recipe, scaling, plan.parent["path"], plan.train_urls, len(train_rows), runs, plan.run_id)
+    result = watched(
+        lambda: fit(recipe, scaling, plan.parent["path"], plan.train_urls, len(train_rows), runs, plan.run_id),
+        stall,
+        "training",
+    )
     history = result.metrics.get("history", [])
     resumed = int(result.metrics.get("start_epoch", 0))
     if resumed:
@@ -249,7 +269,9 @@ def retrain(config: RetrainConfig) -> Outcome:
         stage_version(plan.parent["path"], export, recipe.method, staging)
         version_url = registry.upload_version(plan.entry, version, staging)
     log(f"wrote {version_url}; measuring it")
-    after = evaluate_on_ray({"new": version_url}, splits, crops, scaling.use_gpu)["new"]
+    after = watched(
+        lambda: evaluate_on_ray({"new": version_url}, splits, crops, scaling.use_gpu), stall, "evaluation (after)"
+    )["new"]
 
     reference_name = "current" if "current" in rate else "parent"
     reference = before[reference_name]
@@ -274,6 +296,7 @@ def retrain(config: RetrainConfig) -> Outcome:
         "parent": plan.parent,
         "method": recipe.method,
         "recipe": asdict(recipe),
+        "prompt_recipe": recipes.for_checkpoint(registry.local_path(plan.parent["path"])).name,
         "eval_split": config.eval_split,
         "label_shards": [
             {

@@ -6,58 +6,31 @@ batch of prepared items into level probabilities. Scores follow from the probabi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from pipeline import models
+from pipeline import methods, models, recipes
 from pipeline.levels import DEFAULT_LEVELS, Levels
 from pipeline.media import Media
-from pipeline.visual_prompt import VisualPrompt
-
-TASKS = ("quality", "aesthetics")
-
-
-@dataclass(frozen=True)
-class Prompt:
-    question: str
-    answer_prefix: str  # the answer up to the level word: "The quality of the image is"
+from pipeline.recipes import TASKS, Prompt  # noqa: F401  (re-exported: callers import them from here)
 
 
 def prompt_for(task: str, media_type: str) -> Prompt:
-    """The reference (mPLUG-Owl2 / Q-Align) prompts. Aesthetics is an image task only."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    if media_type == "video" and task != "quality":
-        raise ValueError(f"task {task!r} is for images; videos are scored for quality")
-    noun = "image" if media_type == "image" else "video"
-    return Prompt(f"How would you rate the {task} of this {noun}?", f"The {task} of the {noun} is")
+    """The reference (mPLUG-Owl2 / Q-Align) prompts, which the generic recipe asks too."""
+    return recipes.GENERIC.prompt(task, media_type)
 
 
 def level_token_ids(tokenizer, answer_prefix: str, levels: Levels) -> list[int]:
-    """The id of each level word as it follows the answer prefix (for SentencePiece: '▁good', not 'good').
-
-    Found as the tokens that `prefix + ' ' + word` adds to `prefix`, so it holds for any tokenizer family; a word that
-    is not exactly one token there cannot be read from one next-token distribution and is an error.
-    """
-    base = tokenizer(answer_prefix, add_special_tokens=False)["input_ids"]
-    ids = []
-    for word in levels.words:
-        full = tokenizer(f"{answer_prefix} {word}", add_special_tokens=False)["input_ids"]
-        if full[: len(base)] != base or len(full) != len(base) + 1:
-            pieces = tokenizer.convert_ids_to_tokens(full[len(base) :] if full[: len(base)] == base else full)
-            raise ValueError(f"level word {word!r} is not a single token after {answer_prefix!r}: {pieces}")
-        if full[-1] == tokenizer.unk_token_id:
-            raise ValueError(f"level word {word!r} is not in the tokenizer's vocabulary (maps to the unknown token)")
-        ids.append(full[-1])
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"level words share token ids {ids}: {levels.words}")
-    return ids
+    """The id of each level word as it follows the answer prefix (for SentencePiece: '▁good', not 'good'), the
+    generic and q-align rule; a word that is not exactly one token there is an error (pipeline.recipes)."""
+    return recipes.GENERIC.level_ids(tokenizer, answer_prefix, levels)
 
 
 class Preprocessor:
-    """Turns decoded media into one item's model inputs, on CPU, from the model folder's processor alone."""
+    """Turns decoded media into one item's model inputs, on CPU, from the model folder's processor alone.
+
+    `recipe` names a prompt recipe (pipeline.recipes); None: the checkpoint's own (qcurate.json or model_type).
+    """
 
     def __init__(
         self,
@@ -66,24 +39,32 @@ class Preprocessor:
         levels: Levels = DEFAULT_LEVELS,
         revision: str | None = None,
         trust_remote_code: bool = False,
+        recipe: str | None = None,
     ) -> None:
         self.family = models.family(model_path, revision)
+        self.recipe = recipes.for_checkpoint(model_path, revision, recipe)
+        models.check_recipe(self.family, self.recipe)
         self.processor = self.family.load_processor(model_path, revision, trust_remote_code)
         self.task, self.levels = task, levels
         tokenizer = self.family.tokenizer_of(self.processor)
         # The level ids must be one token for every prompt this task uses (images and videos end alike in words).
-        self.level_ids = level_token_ids(tokenizer, prompt_for(task, "image").answer_prefix, levels)
+        self.level_ids = self.recipe.level_ids(tokenizer, self.recipe.prompt(task, "image").answer_prefix, levels)
         if task == "quality":
-            video_ids = level_token_ids(tokenizer, prompt_for(task, "video").answer_prefix, levels)
+            video_ids = self.recipe.level_ids(tokenizer, self.recipe.prompt(task, "video").answer_prefix, levels)
             if video_ids != self.level_ids:
                 raise ValueError(f"level ids differ between image and video prompts: {self.level_ids} {video_ids}")
-        prompt = prompt_for(task, "image")
-        self.image_major = self.family.image_major_keys(self.processor, prompt.question, prompt.answer_prefix)
+        self.image_major = self.family.image_major_keys(self.processor, self.recipe)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
+    def prompt_text(self, media_type: str, n_frames: int = 1) -> str:
+        """The prompt as text, before the processor expands image slots: what the recipe asks this model."""
+        prompt = self.recipe.prompt(self.task, media_type)
+        return self.family.render_prompt(self.processor, prompt.question, prompt.answer_prefix, n_frames, self.recipe)
+
     def __call__(self, media: Media) -> dict[str, np.ndarray]:
-        prompt = prompt_for(self.task, media.media_type)
-        return self.family.prepare(self.processor, media.frames, prompt.question, prompt.answer_prefix)
+        prompt = self.recipe.prompt(self.task, media.media_type)
+        frames = self.recipe.video.resize(media.frames) if media.media_type == "video" else media.frames
+        return self.family.prepare(self.processor, frames, prompt.question, prompt.answer_prefix, self.recipe)
 
 
 def default_device() -> str:
@@ -102,10 +83,11 @@ class Scorer:
         dtype: torch.dtype | None = None,
         revision: str | None = None,
         trust_remote_code: bool = False,
+        recipe: str | None = None,
     ) -> None:
         self.device = device or default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
-        self.preprocessor = Preprocessor(model_path, task, levels, revision, trust_remote_code)
+        self.preprocessor = Preprocessor(model_path, task, levels, revision, trust_remote_code, recipe)
         self.family, self.levels = self.preprocessor.family, levels
         self.model = self.family.load_model(model_path, self.dtype, self.device, revision, trust_remote_code)
         head = self.model.get_output_embeddings()
@@ -113,10 +95,9 @@ class Scorer:
         ids = torch.tensor(self.preprocessor.level_ids, device=self.device)
         self.level_weight = head.weight[ids].detach().float()
         self.level_bias = head.bias[ids].detach().float() if head.bias is not None else None
-        # A visual-prompt version (pipeline.visual_prompt) is the frozen model plus a learned pixel border.
-        self.prompt = VisualPrompt.load(model_path)
-        if self.prompt is not None:
-            self.prompt.to(self.device).eval()
+        # A version made by an additive method (a pixel prompt, a llama-adapter) is the frozen model plus that
+        # method's artifact: each method puts its own on the model (pipeline.methods).
+        self.additions = methods.apply_all(self.model, model_path)
 
     @torch.inference_mode()
     def level_logits(self, prepared: list[dict[str, np.ndarray]]) -> torch.Tensor:
@@ -125,8 +106,8 @@ class Scorer:
         batch = {
             k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device) for k, v in batch.items()
         }
-        if self.prompt is not None:
-            batch["pixel_values"] = self.prompt(batch["pixel_values"].float()).to(self.dtype)
+        for addition in self.additions:
+            batch = addition.transform(batch)
         hidden = models.last_real(*self.family.hidden_states(self.model, batch)).float()
         logits = hidden @ self.level_weight.T
         return logits if self.level_bias is None else logits + self.level_bias

@@ -7,6 +7,7 @@ written again by a rerun; a committed shard is never touched again.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,22 +25,37 @@ def list_shards(manifest: str, recursive: bool = False) -> list[str]:
     Manifest shards must have unique file names (outputs are named after them). `recursive` lists a folder at any
     depth, as label shards are kept (labels/<batch>/part-*.parquet): names may repeat there, the URL is the identity.
     """
+    return list(_listing(manifest, recursive))
+
+
+def manifest_listing(manifest: str) -> dict[str, list]:
+    """url -> [size, version] of every shard, from one listing (no reads): version is the object's ETag (object
+    stores) or mtime (disks), so a rewritten shard shows as changed."""
+    return {
+        url: [info.get("size"), str(info.get("ETag") or info.get("etag") or info.get("mtime") or "")]
+        for url, info in _listing(manifest, recursive=False).items()
+    }
+
+
+def _listing(manifest: str, recursive: bool) -> dict[str, dict]:
     fs, path = store.filesystem(manifest)
     if any(c in path for c in "*?["):
-        paths = fs.glob(path)
+        infos = fs.glob(path, detail=True)
     elif store.retry(lambda: fs.isdir(path), f"stat {manifest}"):
-        listed = fs.find(path) if recursive else fs.ls(path, detail=False)
-        paths = [p for p in listed if p.endswith(".parquet")]
+        listed = fs.find(path, detail=True) if recursive else {i["name"]: i for i in fs.ls(path, detail=True)}
+        infos = {p: i for p, i in listed.items() if p.endswith(".parquet")}
     else:
-        paths = [path]
-    if not paths:
+        # one file; a missing one is listed as is, and its readers say that it is missing
+        exists = store.retry(lambda: fs.exists(path), f"stat {manifest}")
+        infos = {path: store.retry(lambda: fs.info(path), f"stat {manifest}") if exists else {}}
+    if not infos:
         raise FileNotFoundError(f"no Parquet shards found at {manifest}")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    urls = sorted(p if protocol in ("file", "local") else f"{protocol}://{p}" for p in paths)
+    urls = {p if protocol in ("file", "local") else f"{protocol}://{p}": i for p, i in infos.items()}
     names = [store.basename(u) for u in urls]
     if not recursive and len(set(names)) != len(names):
         raise ValueError(f"shard file names must be unique (outputs are named after them): {manifest}")
-    return urls
+    return dict(sorted(urls.items()))
 
 
 @dataclass
@@ -79,21 +95,17 @@ def check_manifest_schema(url: str, reserved: Collection[str] = ()) -> pa.Schema
     return schema
 
 
-def validate_shards(urls: list[str], reserved: Collection[str] = ()) -> list[Shard]:
-    """Check every shard against the manifest schema, and ids across all shards, before any scoring starts.
+def read_valid_shard(url: str, reserved: Collection[str] = ()) -> tuple[Shard, pa.Table]:
+    """One manifest shard, checked against the manifest schema alone (pipeline.validation checks ids across
+    shards, on the cluster). Returns the shard and its manifest columns.
 
     `reserved`: the names of the columns the output adds (schemas.output_columns); a manifest column with one of
     them is refused, since its values would be replaced in the output.
     """
-    shards, ids = [], []
-    for url in urls:
-        check_manifest_schema(url, reserved)
-        table = read_shard(url, columns=MANIFEST_V1.names)
-        validate_manifest(table, url)
-        shards.append(Shard(url, store.basename(url), table.num_rows))
-        ids.append(table.column("id"))
-    check_ids_across_shards(urls, ids)
-    return shards
+    check_manifest_schema(url, reserved)
+    table = read_shard(url, columns=MANIFEST_V1.names)
+    validate_manifest(table, url)
+    return Shard(url, store.basename(url), table.num_rows), table
 
 
 def check_ids_across_shards(urls: list[str], ids: list[pa.ChunkedArray]) -> None:
@@ -125,6 +137,13 @@ class Output:
             return set()
         names = store.retry(lambda: fs.ls(path, detail=False), f"list {path}")
         return {store.basename(n).removesuffix(".json") for n in names if n.endswith(".json")}
+
+    def markers(self, names: list[str]) -> list[dict]:
+        """The commit markers of these shards, fetched concurrently (one request each, many in flight)."""
+        fs, _ = store.filesystem(self.url)
+        paths = [store.filesystem(self.marker_url(n))[1] for n in names]
+        found = store.retry(lambda: fs.cat(paths), f"read the markers of {self.url}") if paths else {}
+        return [json.loads(found[p]) for p in paths]
 
     def commit(self, name: str, table: pa.Table, summary: dict) -> None:
         """Write the shard whole, then its marker: a crash between the two leaves an uncommitted shard."""

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 from pipeline.levels import DEFAULT_LEVELS, Levels
-from pipeline.scorer import level_token_ids, prompt_for
+from pipeline.recipes import GENERIC, PromptRecipe
 
 # The user's question, drawn at random per example; the first one is the reference prompt the scorer asks.
 QUESTIONS = (
@@ -32,14 +32,16 @@ QUESTIONS = (
 )
 
 
-def questions(task: str, media_type: str) -> tuple[str, ...]:
+def questions(task: str, media_type: str, recipe: PromptRecipe = GENERIC) -> tuple[str, ...]:
+    """The recipe's own question first (the one the scorer asks), then the other paraphrases."""
     noun = "image" if media_type == "image" else "video"
-    return tuple(q.format(task=task, noun=noun) for q in QUESTIONS)
+    own = recipe.prompt(task, media_type).question
+    return (own, *(q for q in (q.format(task=task, noun=noun) for q in QUESTIONS) if q != own))
 
 
-def answer_sentence(task: str, media_type: str, word: str) -> str:
+def answer_sentence(task: str, media_type: str, word: str, recipe: PromptRecipe = GENERIC) -> str:
     """The answer the model is taught: the scorer's answer prefix, the level word, a full stop."""
-    return f"{prompt_for(task, media_type).answer_prefix} {word}."
+    return f"{recipe.prompt(task, media_type).answer_prefix} {word}."
 
 
 def level_target(
@@ -81,25 +83,33 @@ def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 
 class Syllabus:
-    """Builds training examples through the family's `prepare`, the scorer's own input path."""
+    """Builds training examples through the family's `prepare`, the scorer's own input path, with the prompt
+    recipe the scorer will use (so a version is trained on the prompt it is scored with)."""
 
-    def __init__(self, family: ModuleType, processor: Any, levels: Levels = DEFAULT_LEVELS) -> None:
-        self.family, self.processor, self.levels = family, processor, levels
+    def __init__(
+        self, family: ModuleType, processor: Any, levels: Levels = DEFAULT_LEVELS, recipe: PromptRecipe = GENERIC
+    ) -> None:
+        self.family, self.processor, self.levels, self.recipe = family, processor, levels, recipe
         self.tokenizer = family.tokenizer_of(processor)
         self._layouts: dict[tuple, AnswerLayout] = {}
 
     def level_ids(self, task: str, media_type: str) -> list[int]:
-        return level_token_ids(self.tokenizer, prompt_for(task, media_type).answer_prefix, self.levels)
+        prefix = self.recipe.prompt(task, media_type).answer_prefix
+        return self.recipe.level_ids(self.tokenizer, prefix, self.levels)
+
+    def prepare(self, frames: list[np.ndarray], question: str, answer: str) -> dict[str, np.ndarray]:
+        return self.family.prepare(self.processor, frames, question, answer, self.recipe)
 
     def layout(self, question: str, task: str, media_type: str, word: str, n_frames: int) -> AnswerLayout:
         """Found once per prompt on a probe image, then checked against every real example."""
         key = (question, task, media_type, word, n_frames)
         if key not in self._layouts:
             probe = [np.full((32, 32, 3), 128, np.uint8)] * n_frames
-            prefix = prompt_for(task, media_type).answer_prefix
+            prefix = self.recipe.prompt(task, media_type).answer_prefix
+            answer = answer_sentence(task, media_type, word, self.recipe)
             ids = {
-                k: self.family.prepare(self.processor, probe, question, a)["input_ids"]
-                for k, a in (("score", prefix), ("full", answer_sentence(task, media_type, word)), ("bare", ""))
+                k: self.prepare(probe, question, a)["input_ids"]
+                for k, a in (("score", prefix), ("full", answer), ("bare", ""))
             }
             score, full = ids["score"], ids["full"]
             level_id = self.level_ids(task, media_type)[self.levels.words.index(word)]
@@ -119,7 +129,9 @@ class Syllabus:
         """One training example: the prepared inputs with the full answer, and where to read the loss."""
         word = self.levels.words[int(np.argmax(target))]
         layout = self.layout(question, task, media_type, word, len(frames))
-        inputs = self.family.prepare(self.processor, frames, question, answer_sentence(task, media_type, word))
+        if media_type == "video":
+            frames = self.recipe.video.resize(frames)
+        inputs = self.prepare(frames, question, answer_sentence(task, media_type, word, self.recipe))
         if tuple(inputs["input_ids"][-layout.n_answer :].tolist()) != layout.answer_ids:
             raise ValueError(f"the answer tokens of a real example differ from the probe's for {question!r}")
         return {

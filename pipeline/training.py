@@ -2,25 +2,28 @@
 
 Data: label rows are read from the shards by Ray Data, and a CPU stage (`ExampleBuilder`) decodes the media, applies
 the optional augmentation (random crop, flip), draws a question and prepares the example (pipeline.syllabus); it runs
-again every epoch, so crops and questions are new each time.
+again every epoch, so crops and questions are new each time. Those draws come from generators seeded by (run seed,
+epoch, item id), so a run's examples are the same however its blocks are spread over workers or it is resumed; the
+epoch reaches the data tasks through a tiny actor (`EpochClock`) that rank 0 sets before each epoch's pass begins.
 Objective: cross-entropy on the answer tokens only, read at each row's last tokens the same way the scorer reads each
 row's last hidden state; at the level word, against the hard or soft level target.
-Methods: `full` fine-tuning, `lora` (peft), `visual-prompt` (a pixel border on a frozen model, pipeline.visual_prompt).
+Methods: pipeline.methods (full, lora, visual-prompt, llama-adapter, ...): each attaches to the model its way.
 Workers: `train_loop_per_worker` on a `TorchTrainer` (DDP; gloo on CPU), with a checkpoint every epoch in the run's
 storage, from which a restarted worker group or a rerun driver resumes. `fit` runs it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pickle
-import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from types import ModuleType
 from typing import Any
@@ -30,19 +33,12 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from pipeline import models, registry, store
+from pipeline import methods, models, recipes, registry, store
 from pipeline.levels import DEFAULT_LEVELS, Levels
 from pipeline.media import MediaError, MediaOptions, load_media
-from pipeline.scorer import prompt_for
 from pipeline.syllabus import Syllabus, augment, level_target, questions
-from pipeline.visual_prompt import VisualPrompt, image_geometry
 from schemas import LABELS_V1
 
-METHODS = ("full", "lora", "visual-prompt")
-# The reference recipe uses 2e-5 for full fine-tuning; LoRA and pixel prompts move far fewer weights and need more.
-DEFAULT_LR = {"full": 2e-5, "lora": 2e-4, "visual-prompt": 1e-2}
-# LoRA goes on the language model's projections only (as Q-Align's LoRA variant); the towers stay frozen.
-LORA_TARGETS = r"^(?!.*(vision|visual)).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)(\.multiway\.\d+)?$"
 META_KEYS = ("n_answer", "level_from_end", "target")
 
 
@@ -50,9 +46,9 @@ META_KEYS = ("n_answer", "level_from_end", "target")
 class Recipe:
     """What is trained and how: everything that changes the trained weights (and the run's identity)."""
 
-    method: str = "full"
+    method: str = "full"  # a name in pipeline.methods
     epochs: int = 2
-    lr: float | None = None  # None: DEFAULT_LR[method]
+    lr: float | None = None  # None: the method's default
     batch_size: int = 64  # global, over all workers
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
@@ -61,36 +57,59 @@ class Recipe:
     hflip: bool = False
     views: int = 1  # augmented views (crops) of each item per epoch: more steps per pass over the media
     shuffle_buffer: int = 512  # examples each worker shuffles locally before batching (memory: that many inputs)
-    lora_r: int = 128
-    lora_alpha: int | None = None  # None: 2 * lora_r
-    prompt_pixels: int = 30  # visual-prompt border width
-    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # the method's own options (defaults filled in)
+    seed: int = 0  # initialisation, and the (epoch, item) generators of augmentation and questions
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        # Only the method's own options, all of them: they are part of the run's identity.
+        self.options = methods.resolve_options(self.method, self.options)
         if self.epochs < 1 or self.batch_size < 1 or self.views < 1 or (self.crop is not None and self.crop < 1):
             raise ValueError("epochs, batch_size and views must be >= 1, crop >= 1 when given")
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+        return self.lr if self.lr is not None else methods.get(self.method).default_lr
 
 
 @dataclass
 class Scaling:
-    """Where it runs: changing it does not change what a resumed run continues."""
+    """Where it runs: changing it does not change what a resumed run continues. None = sized to the cluster."""
 
     num_workers: int = 2
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    data_cpus: float = 1.0  # per CPU actor that decodes and prepares examples
+    cpus_per_worker: float | None = None  # default: what the data actors leave, split over the workers (max 8)
+    data_cpus: float | None = None  # per CPU actor that decodes and prepares examples (default 1, or 0.5 below 8 CPUs)
     data_actors: int = 2  # at most this many of them
     max_failures: int = 3  # worker-group restarts (from the last checkpoint) before the run fails
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError("num_workers must be >= 1")
+
+    def sized_for(self, cpus: float, gpus: float, node_cpus: float) -> Scaling:
+        """This scaling with its defaults filled in for a cluster of `cpus` CPUs (the largest node `node_cpus`) and
+        `gpus` GPUs; a request that can never be placed fails now, naming what was asked and what there is."""
+        asked = f"--num-workers {self.num_workers}" + (" --use-gpu" if self.use_gpu else "")
+        there = f"the cluster has {cpus:g} CPU(s) (largest node {node_cpus:g}) and {gpus:g} GPU(s)"
+        if self.use_gpu and gpus < self.num_workers:
+            raise ValueError(f"{asked} needs {self.num_workers} GPU(s) (one per worker); {there}")
+        data = self.data_cpus if self.data_cpus is not None else (1.0 if cpus >= 8 else 0.5)
+        # The example pipeline must be able to run beside the workers, which hold their CPUs all along: that is what
+        # hung before. Its file listing takes a whole CPU when the dataset starts, its actors `data` each.
+        beside = max(1.0, data)
+        per_worker = self.cpus_per_worker
+        if per_worker is None:
+            per_worker = min(8.0, (cpus - beside) / self.num_workers)
+            if not self.use_gpu and per_worker > 1:
+                per_worker = float(int(per_worker))  # whole CPUs, so torch's thread count matches the share
+        need = self.num_workers * per_worker + beside
+        if per_worker <= 0 or need > cpus or per_worker > node_cpus or beside > node_cpus:
+            raise ValueError(
+                f"{asked} --cpus-per-worker {per_worker:g} --data-cpus {data:g} needs {need:g} CPU(s) "
+                f"(the example pipeline {beside:g} beside the workers, {per_worker:g} on one node per worker); "
+                f"{there}: ask for fewer workers or CPUs"
+            )
+        return replace(self, cpus_per_worker=per_worker, data_cpus=data)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -109,15 +128,21 @@ class ExampleBuilder:
         views: int = 1,
         split: str = "train",
         levels: Levels = DEFAULT_LEVELS,
+        seed: int = 0,
     ) -> None:
         path = registry.local_path(model_path)
         family = models.family(path)
-        self.syllabus = Syllabus(family, family.load_processor(path), levels)
+        self.syllabus = Syllabus(family, family.load_processor(path), levels, recipes.for_checkpoint(path))
         self.soft, self.crop, self.hflip, self.views, self.split = soft_labels, crop, hflip, views, split
-        self.rng = np.random.default_rng()  # fresh entropy: new crops, flips and questions every epoch
-        self.options = MediaOptions()
+        self.seed = seed
+        self.options = self.syllabus.recipe.video.media_options(MediaOptions())  # its frame policy (Q-ReAlign: 8)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def rng(self, epoch: int, key: str) -> np.random.Generator:
+        """The generator of one item (or block) in one epoch: new draws every epoch, the same ones in every rerun."""
+        digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+        return np.random.default_rng([self.seed, epoch, digest])
+
+    def __call__(self, batch: dict[str, np.ndarray], epoch: int = 0) -> dict[str, np.ndarray]:
         out = []
         stds = batch.get("mos_std", [None] * len(batch["id"]))
         for i, item_id in enumerate(batch["id"]):
@@ -138,24 +163,47 @@ class ExampleBuilder:
                 self.soft,
                 self.syllabus.levels,
             )
+            rng = self.rng(epoch, str(item_id))
             for _ in range(self.views):  # decoded once, seen several ways
-                frames = augment(media.frames, self.crop, self.hflip, self.rng)
-                question = str(self.rng.choice(questions(task, media_type)))
+                frames = augment(media.frames, self.crop, self.hflip, rng)
+                question = str(rng.choice(questions(task, media_type, self.syllabus.recipe)))
                 example = self.syllabus.example(frames, media_type, task, target, question)
                 out.append(pickle.dumps(example, protocol=5))
         # Views of one item side by side would fill whole batches with one picture: mix the block's items.
-        return {"example": np.array([out[j] for j in self.rng.permutation(len(out))], dtype=object)}
+        order = self.rng(epoch, "block:" + ",".join(map(str, batch["id"]))).permutation(len(out))
+        return {"example": np.array([out[j] for j in order], dtype=object)}
+
+
+class EpochClock:
+    """Which epoch the data tasks are building (a Ray actor: rank 0 sets it, the tasks read it).
+
+    Ray Data runs the example stage anew for each epoch's pass, and starts that pass only once every worker has asked
+    for it; the training loop sets the clock and waits at a barrier before asking, so a pass reads its own epoch.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def get(self) -> int:
+        return self.epoch
 
 
 @lru_cache(maxsize=4)
-def _cached_builder(model_path: str, soft_labels: bool, crop: int | None, hflip: bool, views: int) -> ExampleBuilder:
-    return ExampleBuilder(model_path, soft_labels, crop, hflip, views)
+def _cached_builder(
+    model_path: str, soft_labels: bool, crop: int | None, hflip: bool, views: int, seed: int
+) -> ExampleBuilder:
+    return ExampleBuilder(model_path, soft_labels, crop, hflip, views, seed=seed)
 
 
-def build_examples(batch: dict[str, np.ndarray], **builder_args: Any) -> dict[str, np.ndarray]:
+def build_examples(batch: dict[str, np.ndarray], clock: Any, **builder_args: Any) -> dict[str, np.ndarray]:
     """Ray Data task form of ExampleBuilder: Ray reuses worker processes, so each keeps its builder (processor)
     across tasks and epochs, where an actor pool would start new actors for every epoch's pass."""
-    return _cached_builder(**builder_args)(batch)
+    import ray
+
+    return _cached_builder(**builder_args)(batch, ray.get(clock.get.remote()))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -169,17 +217,18 @@ class QAlignObjective(nn.Module):
     """
 
     def __init__(
-        self, model: nn.Module, family: ModuleType, level_ids: list[int], prompt: VisualPrompt | None = None
+        self, model: nn.Module, family: ModuleType, level_ids: list[int], addition: methods.Addition | None = None
     ) -> None:
         super().__init__()
-        self.model, self.family, self.prompt = model, family, prompt
+        # The method's addition is a submodule, so DDP and the checkpoints see its parameters.
+        self.model, self.family, self.addition = model, family, addition
         self.register_buffer("level_ids", torch.tensor(level_ids), persistent=False)
 
     def forward(
         self, inputs: dict[str, torch.Tensor], meta: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.prompt is not None:
-            inputs = {**inputs, "pixel_values": self.prompt(inputs["pixel_values"])}
+        if self.addition is not None:
+            inputs = self.addition.transform(inputs)
         hidden, mask = self.family.hidden_states(self.model, inputs)
         n_answer, from_end = meta["n_answer"], meta["level_from_end"]
         rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
@@ -222,8 +271,7 @@ class Trainable:
     """The model set up for one method: the objective to optimise, and how to export the result."""
 
     objective: QAlignObjective
-    method: str
-    peft_model: Any = None  # lora: the PeftModel around objective.model, to merge on export
+    export: Callable[[str], None]  # the trained artifact into a folder (the method's own export)
 
     def state(self) -> dict[str, torch.Tensor]:
         """The trained weights only (the checkpoint of a frozen-model method stays small)."""
@@ -238,51 +286,17 @@ class Trainable:
             for name, value in state.items():
                 params[name].copy_(value)
 
-    def export(self, folder: str) -> None:
-        """The trained artifact: full model weights (LoRA merged into them), or the visual prompt alone."""
-        if self.method == "visual-prompt":
-            self.objective.prompt.save(folder)
-            return
-        model = self.peft_model.merge_and_unload() if self.method == "lora" else self.objective.model
-        model.save_pretrained(folder, safe_serialization=True)
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.objective.parameters() if p.requires_grad)
 
 
 def setup_method(
     model: nn.Module, family: ModuleType, processor: Any, level_ids: list[int], recipe: Recipe, parent_path: str
 ) -> Trainable:
-    """Freeze and wrap the model for the recipe's method."""
-    if recipe.method == "full":
-        model.requires_grad_(True)
-        if VisualPrompt.load(parent_path) is not None:
-            raise ValueError(
-                "the parent model is a visual-prompt version; train it further with --method visual-prompt"
-            )
-        return Trainable(QAlignObjective(model, family, level_ids), "full")
-    model.requires_grad_(False)
-    if recipe.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        if VisualPrompt.load(parent_path) is not None:
-            raise ValueError(
-                "the parent model is a visual-prompt version; train it further with --method visual-prompt"
-            )
-        # Linear layers only: mPLUG-Owl2's k/v projections are containers of one Linear per modality.
-        targets = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and re.fullmatch(LORA_TARGETS, n)]
-        config = LoraConfig(
-            r=recipe.lora_r,
-            lora_alpha=recipe.lora_alpha or 2 * recipe.lora_r,
-            lora_dropout=0.05,
-            target_modules=targets,
-            bias="none",
-        )
-        peft_model = get_peft_model(model, config)  # injects the adapters into `model` itself
-        return Trainable(QAlignObjective(model, family, level_ids), "lora", peft_model)
-    prompt = VisualPrompt.load(parent_path)  # a visual-prompt parent: keep training its prompt
-    if prompt is None:
-        side, mean, std = image_geometry(processor)
-        prompt = VisualPrompt(side, recipe.prompt_pixels, mean, std)
-    prompt.requires_grad_(True)
-    return Trainable(QAlignObjective(model.eval(), family, level_ids, prompt), "visual-prompt")
+    """Freeze and wrap the model for the recipe's method (pipeline.methods)."""
+    methods.refuse_foreign_parent(recipe.method, parent_path)
+    attached = methods.get(recipe.method).attach(model, processor, recipe.options, parent_path)
+    return Trainable(QAlignObjective(model, family, level_ids, attached.addition), attached.export)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -313,14 +327,20 @@ def train_loop_per_worker(config: dict) -> None:
     parent = registry.local_path(config["parent"])
     family = models.family(parent)
     processor = family.load_processor(parent)
-    syllabus = Syllabus(family, processor)
+    prompt_recipe = recipes.for_checkpoint(parent)  # the parent's prompt recipe: the version is scored with it too
+    syllabus = Syllabus(family, processor, recipe=prompt_recipe)
     tokenizer = family.tokenizer_of(processor)
     level_ids = syllabus.level_ids("quality", "image")
-    reference = prompt_for("quality", "image")
-    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    image_major = family.image_major_keys(processor, prompt_recipe)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model = family.load_model(parent, torch.float32, "cpu")
     trainable = setup_method(model, family, processor, level_ids, recipe, parent)
+    if rank == 0:
+        total = sum(p.numel() for p in trainable.objective.parameters())
+        print(
+            f"training: {recipe.method}: {trainable.trainable_parameters():,} trainable parameters of {total:,}",
+            flush=True,
+        )
     objective = ray.train.torch.prepare_model(
         trainable.objective, parallel_strategy_kwargs={"find_unused_parameters": True}
     )
@@ -346,8 +366,15 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, recipe.epochs):
         began = time.time()
         loss_sum, n_rows, correct = 0.0, 0, 0
+        if rank == 0:
+            ray.get(config["clock"].set.remote(epoch))
+        if world > 1:
+            torch.distributed.barrier()  # nobody starts the epoch's pass (and its data tasks) before the clock is set
         batches = shard.iter_batches(
-            batch_size=per_worker, batch_format="numpy", local_shuffle_buffer_size=recipe.shuffle_buffer
+            batch_size=per_worker,
+            batch_format="numpy",
+            local_shuffle_buffer_size=recipe.shuffle_buffer,
+            local_shuffle_seed=recipe.seed * 1_000_003 + epoch * 1_009 + rank,  # reproducible, new every epoch
         )
         for batch in batches:  # the same number on every worker: the dataset is split into equal parts
             examples = [pickle.loads(b) for b in batch["example"]]
@@ -390,7 +417,10 @@ def train_loop_per_worker(config: dict) -> None:
                 }
                 torch.save(state, os.path.join(folder, STATE_FILE))
                 if epoch == recipe.epochs - 1:
-                    trainable.export(os.path.join(folder, EXPORT_DIR))
+                    export = os.path.join(folder, EXPORT_DIR)
+                    trainable.export(export)
+                    # the prompt recipe it was trained with, beside it: the version is scored with that recipe
+                    recipes.write_recipe_file(export, prompt_recipe)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
             else:
                 ray.train.report(metrics)
@@ -440,18 +470,22 @@ def fit(recipe: Recipe, scaling: Scaling, parent: str, label_urls: list[str], n_
     Checkpoints go to `<runs_url>/<run_id>/`; a rerun with the same run id resumes from the last one there.
     Returns Ray Train's Result: its last checkpoint holds the exported artifact (EXPORT_DIR).
     """
+    import ray
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    clock = ray.remote(num_cpus=0)(EpochClock).remote()  # lives as long as this driver, across worker restarts
     dataset = _label_dataset(label_urls, scaling.data_cpus).map_batches(
         build_examples,
         fn_kwargs={
+            "clock": clock,
             "model_path": parent,
             "soft_labels": recipe.soft_labels,
             "crop": recipe.crop,
             "hflip": recipe.hflip,
             "views": recipe.views,
+            "seed": recipe.seed,
         },
         batch_size=32,  # label rows per task: the items of one block are mixed, so not too few
         batch_format="numpy",
@@ -467,6 +501,7 @@ def fit(recipe: Recipe, scaling: Scaling, parent: str, label_urls: list[str], n_
             "parent": parent,
             "n_train": n_train,
             "cpus_per_worker": scaling.cpus_per_worker,
+            "clock": clock,
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources

@@ -19,6 +19,9 @@ class SchemaError(ValueError):
         where = f"column '{column}'" if column else "table"
         super().__init__(f"{source}: {where}: {problem}")
 
+    def __reduce__(self):  # raised in Ray tasks: pickled with its own three arguments
+        return type(self), (self.source, self.column, self.problem)
+
 
 def _same_kind(actual: pa.DataType, expected: pa.DataType) -> bool:
     """string/large_string and the float and integer widths are interchangeable on input."""

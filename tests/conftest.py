@@ -17,14 +17,20 @@ import uuid
 from pathlib import Path
 
 import pytest
-from transformers.utils import logging as hf_logging
-
-from pipeline.models.tiny import make_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub here
+# A Hugging Face cache and a qcurate cache of the session's own, set before transformers is imported (it reads HF_HOME
+# once) and before Ray starts (its workers inherit them): tests lay out hub repositories there as a download would.
+_CACHES = Path(tempfile.mkdtemp(prefix="qcurate-caches-"))
+os.environ["HF_HOME"] = str(_CACHES / "hf")
+os.environ["QCURATE_CACHE"] = str(_CACHES / "qcurate")
 # Test clusters listen on loopback only; Ray's token auth would tie them to one token file shared by every cluster
 # on the machine.
 os.environ["RAY_AUTH_MODE"] = "disabled"
+from transformers.utils import logging as hf_logging  # noqa: E402  (after HF_HOME is set)
+
+from pipeline.models.tiny import make_tiny_model  # noqa: E402
+
 hf_logging.disable_progress_bar()
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -33,7 +39,8 @@ RAY = str(Path(sys.executable).with_name("ray"))
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """family -> folder of a tiny random model of that family, built once per session."""
     root = tmp_path_factory.mktemp("models")
-    return {family: str(make_tiny_model(family, root / family)) for family in ("llava", "idefics3", "owl2")}
+    families = ("llava", "idefics3", "owl2", "qwen3_5", "qwen3_vl", "qwen2_5_vl", "instructblip")
+    return {family: str(make_tiny_model(family, root / family)) for family in families}
 
 
 @pytest.fixture(scope="session")

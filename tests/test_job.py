@@ -327,7 +327,7 @@ def test_empty_manifest_shard_gets_an_empty_committed_output(ray_cluster, corpus
 
 
 def test_manifest_columns_named_like_output_columns_or_unreadable_shards_fail_before_scoring(
-    corpus, tiny_models, tmp_path
+    ray_cluster, corpus, tiny_models, tmp_path
 ):
     manifest, output = tmp_path / "manifest", tmp_path / "scores"
     rows = [{**row, "score": row["mos"], "model": "human"} for row in corpus[:4]]  # the user's own columns
@@ -388,3 +388,34 @@ def test_no_rows_at_all_fails_naming_the_shard(ray_cluster, corpus, tiny_models,
     with pytest.raises(JobError, match=r"part-00000.parquet \(0 of 2 rows\)"):
         run(config(str(manifest), output, tiny_models["llava"]), log=empty_the_shard)
     assert committed(output) == 0 and read_output(output) == {}
+
+
+def test_200_images_with_a_tiny_qwen3_5_through_the_cli(ray_cluster, tiny_models, tmp_path):
+    """Item by item the Q-ReAlign recipe, end to end: jobs/score_dataset.py on the session's Ray, 200 real images."""
+    photos = build_sample_corpus(str(tmp_path / "corpus"), photos=("astronaut", "coffee", "chelsea"), n_videos=0)
+    rows = [{**photos[i % len(photos)], "id": f"img-{i:04d}"} for i in range(200)]
+    manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
+    write_manifest(rows, manifest, num_shards=4)
+    script = [sys.executable, str(REPO / "jobs" / "score_dataset.py"), "--manifest", manifest, "--output", output]
+    model = ["--model", tiny_models["qwen3_5"], "--batch-size", "16"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    start = time.perf_counter()
+    result = subprocess.run([*script, *model], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    print(f"200 images, tiny Qwen3.5, score_dataset.py on local Ray: {time.perf_counter() - start:.1f} s")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((Path(output) / "_run.json").read_text())
+    assert summary["status"] == "done" and summary["rows"] == 200 and summary["errors"] == 0
+    assert summary["prompt_recipe"] == "q-realign"  # chosen from the checkpoint's model_type
+    scored = [row for shard in read_output(output).values() for row in shard]
+    assert sorted(r["id"] for r in scored) == sorted(r["id"] for r in rows)
+    assert all(1 <= r["score"] <= 5 for r in scored)
+    # the same photograph gets the same score wherever it sits in a batch; different ones differ
+    by_uri = {}
+    for r in scored:
+        by_uri.setdefault(r["uri"], set()).add(round(r["score"], 4))  # batches equal solo runs within 1e-5
+    assert all(len(s) == 1 for s in by_uri.values()) and len({next(iter(s)) for s in by_uri.values()}) > 1
+    # another recipe on the same output would mix prompts: refused before any scoring
+    again = subprocess.run(
+        [*script, *model, "--prompt-recipe", "generic"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 1 and "prompt_recipe='q-realign'" in again.stderr, again.stderr[-2000:]

@@ -10,7 +10,8 @@ from pipeline.levels import Levels
 from pipeline.media import Media, load_media
 from pipeline.scorer import Preprocessor, Scorer, level_token_ids, prompt_for
 
-FAMILIES = ["llava", "idefics3", "owl2"]
+# Qwen3.5 / Qwen3-VL / Qwen2.5-VL: variable image-token counts per image size (padding, image_grid_thw, mRoPE)
+FAMILIES = ["llava", "idefics3", "owl2", "qwen3_5", "qwen3_vl", "qwen2_5_vl"]
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket"]
 
 
@@ -140,7 +141,9 @@ def test_loading_is_deterministic_per_seed(tmp_path):
 COLOUR = np.array([220, 40, 120])  # every channel different: a channels-first misreading turns it grey
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# Families whose pixel_values are whole [3, S, S] images (Qwen's are flattened patches: the same channels_last
+# call, pipeline.models.qwen, but not readable back this way).
+@pytest.mark.parametrize("family", ["llava", "idefics3", "owl2"])
 @pytest.mark.parametrize("height, width", [(1, 9), (9, 1), (3, 9), (9, 3), (1, 1), (3, 3)])
 def test_thin_and_tiny_images_reach_the_model_in_their_true_colour(tiny_models, tmp_path, family, height, width):
     path = tmp_path / f"{height}x{width}.png"
@@ -165,3 +168,58 @@ def test_thin_and_tiny_images_reach_the_model_in_their_true_colour(tiny_models, 
         mask = inputs.get("pixel_attention_mask")  # Idefics3 pads tiles at their end: only real pixels count
         real = np.ones(distance.shape, bool) if mask is None else mask.reshape(-1, *distance.shape)[0].astype(bool)
         assert distance[real].max() <= 1, rgb[:, 0, 0]
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_vl", "qwen2_5_vl"])
+def test_qwen_image_token_counts_follow_the_image_size(tiny_models, family):
+    from transformers.utils import is_torchvision_available
+
+    preprocessor = Preprocessor(tiny_models[family])
+    if not is_torchvision_available():  # here: the processor's image path built from its parts
+        assert type(preprocessor.processor).__name__ == "QwenImageProcessor"
+    items = [preprocessor(photo_media(n)) for n in PHOTOS]
+    # so the batch tests above pad rows of different lengths and concatenate grids of different shapes
+    assert len({len(item["input_ids"]) for item in items}) > 1
+    assert len({tuple(item["image_grid_thw"][0]) for item in items}) > 1
+    for item in items:
+        n_tokens = int(item["image_grid_thw"].prod()) // 4  # 2x2 patches merge into one token
+        assert (item["mm_token_type_ids"] == 1).sum() == n_tokens == len(item["pixel_values"]) // 4
+
+
+# ------------------------------------------------------------------------------------------------------------
+# InstructBLIP: one image per prompt, the Q-Former's queries in front, the level logits from the language model
+
+
+@pytest.fixture(scope="module")
+def instructblip(tiny_models) -> Scorer:
+    return Scorer(tiny_models["instructblip"])
+
+
+def test_instructblip_keeps_its_chat_template(instructblip, tiny_models):
+    from transformers import AutoProcessor
+
+    # transformers' own loading drops it (the processor's constructor takes no chat template) ...
+    assert AutoProcessor.from_pretrained(tiny_models["instructblip"]).chat_template is None
+    # ... the family's loading keeps it, so the prompt is the template's
+    assert instructblip.preprocessor.processor.chat_template is not None
+    assert instructblip.preprocessor.prompt_text("image") == (
+        "USER: How would you rate the quality of this image?\nASSISTANT: The quality of the image is"
+    )
+
+
+def test_instructblip_scores_from_the_language_models_last_hidden_state(instructblip):
+    items = [instructblip.preprocessor(photo_media(n)) for n in PHOTOS]
+    batch = instructblip.level_logits(items)
+    solo = torch.cat([instructblip.level_logits([item]) for item in items])
+    torch.testing.assert_close(batch, solo, atol=1e-5, rtol=0)
+    assert (batch[0] - batch[1]).abs().max() > 1e-6  # the pixels reach the logits through the Q-Former
+    # the model's own full forward pass gives the same level logits at the last position
+    inputs = instructblip.family.collate(items[:1], instructblip.preprocessor.image_major, 0)
+    with torch.inference_mode():
+        full = instructblip.model(**inputs).logits[0, -1, instructblip.preprocessor.level_ids]
+    torch.testing.assert_close(solo[0], full, atol=1e-5, rtol=0)
+
+
+def test_instructblip_refuses_videos_clearly(instructblip):
+    with pytest.raises(ValueError, match="one image per prompt.*InstructBLIP-Video"):
+        instructblip.preprocessor(video_media(2))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,24 +15,30 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from skimage import data
 
-from pipeline import models, registry, store
+from pipeline import methods, models, recipes, registry, store
 from pipeline.corpus import load_photo, pan_zoom_frames, write_video
 from pipeline.evaluation import correlations, predict
-from pipeline.media import Media
+from pipeline.job import JobConfig
+from pipeline.job import run as run_scoring
+from pipeline.media import Media, load_media
+from pipeline.methods.llama_adapter import LlamaAdapter, decoder_attentions
+from pipeline.methods.visual_prompt import VisualPrompt, image_geometry
+from pipeline.models.tiny import make_tiny_model
 from pipeline.retrain import Plan, decide, read_label_shards
 from pipeline.scorer import Scorer, prompt_for
+from pipeline.shards import write_manifest
 from pipeline.syllabus import Syllabus, answer_sentence, level_target, questions
 from pipeline.synthetic import build_learning_set, write_label_shard
-from pipeline.training import QAlignObjective, Recipe, collate_examples, setup_method
-from pipeline.visual_prompt import VisualPrompt, image_geometry
+from pipeline.training import ExampleBuilder, QAlignObjective, Recipe, collate_examples, setup_method
 from schemas import LABELS_V1, SchemaError, validate_labels
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ["llava", "idefics3", "owl2"]
+FAMILIES = ["llava", "idefics3", "owl2", "qwen3_5", "instructblip"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -132,18 +139,21 @@ def family_setup(request, tiny_models):
     path = tiny_models[request.param]
     family = models.family(path)
     processor = family.load_processor(path)
-    return request.param, path, family, processor, Syllabus(family, processor)
+    # taught with the recipe the checkpoint is scored with (Qwen3.5: q-realign)
+    return request.param, path, family, processor, Syllabus(family, processor, recipe=recipes.for_checkpoint(path))
 
 
 def photo(name: str) -> list[np.ndarray]:
     return [getattr(data, name)()]
 
 
-def examples_for(syllabus: Syllabus) -> list[dict]:
+def examples_for(syllabus: Syllabus, with_video: bool = True) -> list[dict]:
     out = [
         syllabus.example(photo(name), "image", "quality", level_target(mos, 1, 5), questions("quality", "image")[q])
         for q, (name, mos) in enumerate([("astronaut", 1.2), ("coffee", 4.6), ("chelsea", 3.1)])
     ]
+    if not with_video:
+        return out
     video = [data.astronaut()[:300, :300], data.astronaut()[100:400, 100:400]]
     out.append(syllabus.example(video, "video", "quality", level_target(2.2, 1, 5), questions("quality", "video")[3]))
     return out
@@ -152,13 +162,14 @@ def examples_for(syllabus: Syllabus) -> list[dict]:
 def test_training_input_is_the_scoring_input_plus_the_answer(family_setup):
     name, path, family, processor, syllabus = family_setup
     tokenizer = family.tokenizer_of(processor)
-    example = examples_for(syllabus)[1]  # coffee, MOS 4.6: "excellent"
+    example = examples_for(syllabus, with_video=False)[1]  # coffee, MOS 4.6: "excellent"
     answer = tokenizer.convert_ids_to_tokens(example["input_ids"][-int(example["n_answer"]) :].tolist())
-    assert [t.lstrip("▁") for t in answer] == ["The", "quality", "of", "the", "image", "is", "excellent", "."]
+    # (SentencePiece marks a word after a space with ▁, byte-level BPE with Ġ)
+    assert [t.lstrip("▁Ġ") for t in answer] == ["The", "quality", "of", "the", "image", "is", "excellent", "."]
     assert int(example["level_from_end"]) == 1
     # the scorer's own input for the reference question is exactly the training input up to the level word
-    reference = prompt_for("quality", "image")
-    scoring = family.prepare(processor, photo("coffee"), reference.question, reference.answer_prefix)
+    reference = syllabus.recipe.prompt("quality", "image")
+    scoring = family.prepare(processor, photo("coffee"), reference.question, reference.answer_prefix, syllabus.recipe)
     training = syllabus.example(photo("coffee"), "image", "quality", level_target(4.6, 1, 5), reference.question)
     n = len(scoring["input_ids"])
     assert np.array_equal(training["input_ids"][:n], scoring["input_ids"])
@@ -169,9 +180,8 @@ def test_training_input_is_the_scoring_input_plus_the_answer(family_setup):
 def test_objective_equals_the_models_own_answer_only_loss(family_setup):
     name, path, family, processor, syllabus = family_setup
     model = family.load_model(path, torch.float32, "cpu")
-    examples = examples_for(syllabus)
-    reference = prompt_for("quality", "image")
-    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    examples = examples_for(syllabus, with_video=name != "instructblip")  # InstructBLIP refuses videos
+    image_major = family.image_major_keys(processor)
     inputs, meta = collate_examples(family, examples, image_major, family.tokenizer_of(processor).pad_token_id)
     objective = QAlignObjective(model, family, syllabus.level_ids("quality", "image"))
     with torch.no_grad():
@@ -194,7 +204,7 @@ def test_objective_equals_the_models_own_answer_only_loss(family_setup):
         solo_inputs, solo_meta = collate_examples(family, examples[:1], image_major, 0)
         _, solo_level = objective(solo_inputs, solo_meta)
     torch.testing.assert_close(solo_level, scorer.level_logits([scorer.preprocessor(media)]), atol=1e-4, rtol=1e-4)
-    assert level_logits.shape == (4, 5)
+    assert level_logits.shape == (len(examples), 5)
 
 
 def test_soft_targets_change_only_the_level_term(tiny_models):
@@ -206,7 +216,7 @@ def test_soft_targets_change_only_the_level_term(tiny_models):
     objective = QAlignObjective(model, family, syllabus.level_ids("quality", "image"))
     reference = prompt_for("quality", "image")
     example = syllabus.example(photo("rocket"), "image", "quality", level_target(3.0, 1, 5), reference.question)
-    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    image_major = family.image_major_keys(processor)
     inputs, meta = collate_examples(family, [example], image_major, 0)
     with torch.no_grad():
         hard, logits = objective(inputs, meta)
@@ -257,6 +267,193 @@ def test_visual_prompt_needs_a_fixed_square_processor(tiny_models):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# LLaMA-Adapter: zero-init gated prompts in the top layers of the language model
+
+
+def adapted_scorer(path: str, adapter_len: int = 3, adapter_layers: int = 1) -> tuple[Scorer, LlamaAdapter]:
+    scorer = Scorer(path)
+    torch.manual_seed(0)
+    adapter = LlamaAdapter.for_model(scorer.model, adapter_len, adapter_layers).attach_to(scorer.model)
+    return scorer, adapter
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_llama_adapter_at_init_is_exactly_the_base_model(family_name, tiny_models):
+    scorer, adapter = adapted_scorer(tiny_models[family_name], adapter_layers=2)
+    media = [Media(photo("astronaut"), "image", None, [0], 1), Media(photo("coffee"), "image", None, [0], 1)]
+    prepared = [scorer.preprocessor(m) for m in media]
+    adapted = scorer.level_logits(prepared)
+    adapter.detach()
+    base = scorer.level_logits(prepared)
+    assert torch.equal(adapted, base)  # zero gates: not close, equal
+    with torch.no_grad():
+        adapter.gates.fill_(0.5)  # the hooks are live: open gates change the level logits
+    adapter.attach_to(scorer.model)
+    assert (scorer.level_logits(prepared) - base).abs().max() > 1e-4
+
+
+def test_llama_adapter_adds_gated_prompt_values_before_o_proj_with_kv_heads_repeated(tmp_path):
+    """With one prompt the softmax over it is 1, so every position gets exactly gate[h] * v_proj(P)[kv head of h]
+    added to o_proj's input: the value path, the per-head gates and the GQA head mapping, checked from outside."""
+    path = str(make_tiny_model("llava", tmp_path / "gqa", text={"num_key_value_heads": 2}))
+    scorer, adapter = adapted_scorer(path, adapter_len=1, adapter_layers=1)
+    assert adapter.gates.shape == (1, 4)  # one gate per query head, not per kv head
+    attention = decoder_attentions(scorer.model)[-1]
+    seen = []
+    attention.o_proj.register_forward_pre_hook(lambda module, args: seen.append(args[0]))  # after the adapter's
+    prepared = [scorer.preprocessor(Media(photo("rocket"), "image", None, [0], 1))]
+    with torch.no_grad():
+        adapter.gates.copy_(torch.tensor([[0.5, -1.0, 2.0, 0.25]]))
+        opened = scorer.level_logits(prepared)
+        adapter.detach()
+        closed = scorer.level_logits(prepared)
+        values = attention.v_proj(adapter.prompts[0, 0]).view(2, 16)  # [kv heads, head_dim]
+    expected = torch.cat([adapter.gates[0, h] * values[h // 2] for h in range(4)])  # heads 0, 1 share kv head 0
+    torch.testing.assert_close(seen[0] - seen[1], expected.expand_as(seen[0]), atol=1e-5, rtol=1e-5)
+    assert (opened - closed).abs().max() > 1e-4
+
+
+def test_llama_adapter_scores_rotated_queries_against_unrotated_prompt_keys(tiny_models):
+    """The choice the original LLaMA-Adapter code makes (pipeline.methods.llama_adapter): the layer's queries after
+    rotary, the prompts' keys without; computed here from transformers' own rotary functions."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    scorer, adapter = adapted_scorer(tiny_models["llava"], adapter_len=2, adapter_layers=1)
+    attention = decoder_attentions(scorer.model)[-1]
+    queries, seen = [], []
+    attention.q_proj.register_forward_hook(lambda module, args, out: queries.append(out))
+    attention.o_proj.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    prepared = [scorer.preprocessor(Media(photo("coffee"), "image", None, [0], 1))]
+    with torch.no_grad():
+        adapter.gates.fill_(1.0)
+        scorer.level_logits(prepared)
+        adapter.detach()
+        scorer.level_logits(prepared)
+        length = queries[0].shape[1]
+        q = queries[0].view(1, length, 4, 16).transpose(1, 2)
+        cos, sin = scorer.model.model.language_model.rotary_emb(q, torch.arange(length)[None])
+        k = attention.k_proj(adapter.prompts[0]).view(1, 2, 4, 16).transpose(1, 2)
+        v = attention.v_proj(adapter.prompts[0]).view(1, 2, 4, 16).transpose(1, 2)
+        rotated, _ = apply_rotary_pos_emb(q, q, cos, sin)
+        expected = torch.softmax(rotated @ k.transpose(-1, -2) / 4.0, dim=-1) @ v  # 1/sqrt(head_dim 16)
+    torch.testing.assert_close(seen[0] - seen[1], expected.transpose(1, 2).reshape(1, length, 64), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_llama_adapter_training_moves_only_prompts_and_gates(family_name, tiny_models, capsys):
+    path = tiny_models[family_name]
+    family = models.family(path)
+    processor = family.load_processor(path)
+    syllabus = Syllabus(family, processor)
+    model = family.load_model(path, torch.float32, "cpu")
+    recipe = Recipe(method="llama-adapter", lr=1e-2, options={"adapter_len": 3, "adapter_layers": 1})
+    trainable = setup_method(model, family, processor, syllabus.level_ids("quality", "image"), recipe, path)
+    adapter = trainable.objective.addition
+    assert adapter.layers == [len(decoder_attentions(model)) - 1]  # the top layer
+    hidden, heads = adapter.prompts.shape[-1], adapter.gates.shape[-1]
+    assert trainable.trainable_parameters() == 3 * hidden + heads  # K x C prompts + a gate per head, one layer
+    before = {n: p.detach().clone() for n, p in trainable.objective.named_parameters()}
+    reference = prompt_for("quality", "image")
+    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    inputs, meta = collate_examples(family, examples_for(syllabus)[:2], image_major, 0)
+    optimizer = torch.optim.Adam([p for p in trainable.objective.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):  # the first step opens the gates (the prompts get no gradient through closed gates)
+        loss, _ = trainable.objective(inputs, meta)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    moved = {n for n, p in trainable.objective.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"addition.prompts", "addition.gates"}  # the vision tower and the LLM stay as they were
+
+
+def test_llama_adapter_artifact_round_trip_and_scorer(tiny_models, tmp_path):
+    path = tiny_models["owl2"]
+    scorer, adapter = adapted_scorer(path, adapter_len=2, adapter_layers=2)
+    with torch.no_grad():
+        adapter.gates.normal_()  # as if trained
+    media = [scorer.preprocessor(Media(photo("chelsea"), "image", None, [0], 1))]
+    trained = scorer.level_logits(media)
+    version = tmp_path / "version"
+    copy_model_files(path, version, weights=True)
+    adapter.save(str(version))
+    config = json.loads((version / "llama_adapter.json").read_text())
+    assert config["layers"] == [0, 1] and config["adapter_len"] == 2 and config["num_heads"] == 4
+    assert config["parameters"] == 2 * (2 * config["hidden_size"] + 4)
+    loaded = Scorer(str(version))  # what the scoring job runs for this folder
+    assert [type(a) for a in loaded.additions] == [LlamaAdapter]
+    torch.testing.assert_close(loaded.level_logits(media), trained)
+    assert (trained - Scorer(path).level_logits(media)).abs().max() > 1e-4
+    assert Scorer(path).additions == []
+    with pytest.raises(ValueError, match="llama-adapter version"):  # another method would drop the adapter
+        setup_method(loaded.model, models.family(path), None, [0], Recipe(method="lora"), str(version))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The methods seam
+
+NORM_ONLY = """
+from pipeline.methods import Attached, Method, Option
+
+
+class NormOnly(Method):
+    name = "norm-only"
+    default_lr = 1e-3
+    options = (Option("norm_pattern", str, "norm", "the weights whose names hold this train"),)
+
+    def attach(self, model, processor, options, parent):
+        model.requires_grad_(False)
+        for name, param in model.named_parameters():
+            if options["norm_pattern"] in name:
+                param.requires_grad_(True)
+        return Attached(export=model.save_pretrained)
+
+
+METHOD = NormOnly()
+"""
+
+
+@pytest.fixture
+def fifth_method(tmp_path, monkeypatch):
+    """A fifth method as one new file, on the methods package's search path for this test only."""
+    (tmp_path / "norm_only.py").write_text(NORM_ONLY)
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
+    methods._registry.cache_clear()
+    yield
+    methods._registry.cache_clear()
+    sys.modules.pop("pipeline.methods.norm_only", None)
+
+
+def test_the_four_methods_are_the_packages_modules():
+    assert methods.names() == ("full", "llama-adapter", "lora", "visual-prompt")
+    assert methods.get("lora").default_lr == 2e-4 and methods.get("llama-adapter").artifacts
+    assert Recipe(method="lora").options == {"lora_r": 128, "lora_alpha": None}  # only its own, defaults filled
+    with pytest.raises(ValueError, match="has no option"):
+        Recipe(method="full", options={"lora_r": 8})
+    with pytest.raises(ValueError, match="unknown method"):
+        Recipe(method="prefix-tuning")
+
+
+def test_a_fifth_method_is_one_new_file(fifth_method, tiny_models):
+    """Its name, options (CLI flags), learning rate and attachment come from the file alone."""
+    import importlib.util
+
+    assert "norm-only" in methods.names()
+    spec = importlib.util.spec_from_file_location("retrain_cli", ROOT / "jobs" / "retrain.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    common = ["--labels", "l", "--base-model", "b", "--registry", "r", "--name", "n"]
+    config = cli.parse_args([*common, "--method", "norm-only", "--norm-pattern", "post_attention_layernorm"])
+    assert config.recipe.options == {"norm_pattern": "post_attention_layernorm"}
+    assert config.recipe.learning_rate == 1e-3
+    path = tiny_models["llava"]
+    family = models.family(path)
+    model = family.load_model(path, torch.float32, "cpu")
+    trainable = setup_method(model, family, None, [0], config.recipe, path)
+    trained = [n for n, p in trainable.objective.named_parameters() if p.requires_grad]
+    assert trained and all("post_attention_layernorm" in n for n in trained)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Methods: each one lowers the loss and raises the training SRCC, and exports what the scorer then uses
 
 
@@ -273,9 +470,26 @@ def small_train_rows(tmp_path_factory) -> list[dict]:
     return [r for r in rows if r["split"] == "train" and r["distortion"] in ("none", "noise", "pixelate")]
 
 
-def training_batch(path: str, rows: list[dict]):
-    from pipeline.media import load_media
+def test_examples_are_reproducible_from_seed_epoch_and_item(tiny_models, label_media):
+    """Augmentation and questions draw from (run seed, epoch, item id): the same in every build, wherever it runs."""
+    rows = [r for r in label_media if r["split"] == "train"][:4]
+    batch = {k: np.array([r.get(k) for r in rows], dtype=object) for k in [*LABELS_V1.names, "mos_std"]}
+    reverse = {k: v[::-1] for k, v in batch.items()}  # another block layout of the same items
 
+    def build(seed: int, epoch: int, block: dict) -> list[bytes]:
+        builder = ExampleBuilder(tiny_models["llava"], crop=24, hflip=True, views=2, seed=seed)
+        examples = builder(block, epoch)["example"]
+        assert len(examples) == 2 * len(rows) and all(pickle.loads(e)["pixel_values"].size for e in examples)
+        return sorted(examples)  # the examples, whatever order the block's mixing gave them
+
+    first = build(0, 3, batch)
+    assert build(0, 3, batch) == first  # a second build of the same epoch: identical examples
+    assert build(0, 3, reverse) == first  # each item's draws are its own, not its place in the block
+    assert build(0, 4, batch) != first  # a new epoch: new crops, flips and questions
+    assert build(1, 3, batch) != first  # another run seed
+
+
+def training_batch(path: str, rows: list[dict]):
     family = models.family(path)
     processor = family.load_processor(path)
     syllabus = Syllabus(family, processor)
@@ -284,8 +498,7 @@ def training_batch(path: str, rows: list[dict]):
         for r in rows
         for q in questions("quality", "image")[:2]
     ]
-    reference = prompt_for("quality", "image")
-    image_major = family.image_major_keys(processor, reference.question, reference.answer_prefix)
+    image_major = family.image_major_keys(processor)
     return family, processor, syllabus, collate_examples(family, examples, image_major, 0)
 
 
@@ -320,17 +533,28 @@ def started_llava(tiny_models, small_train_rows, tmp_path_factory) -> str:
     return str(out)
 
 
-@pytest.mark.parametrize("method, lr, steps", [("lora", 5e-3, 100), ("visual-prompt", 0.1, 100)])
-def test_methods_lower_the_loss_and_raise_training_srcc(method, lr, steps, started_llava, small_train_rows, tmp_path):
+@pytest.mark.parametrize(
+    "method, lr, steps, options, addition, srcc_bar",
+    [
+        ("lora", 5e-3, 100, {"lora_r": 8}, None, 0.8),
+        ("visual-prompt", 0.1, 100, {"prompt_pixels": 4}, VisualPrompt, 0.8),
+        # Prompts steer only through attention from the text side: on a 2-layer random model they move the scores
+        # (the learning benchmark measures what they learn); here they must lower the loss and change the scores.
+        ("llama-adapter", 0.1, 100, {"adapter_len": 4, "adapter_layers": 2}, LlamaAdapter, None),
+    ],
+)
+def test_methods_lower_the_loss_and_raise_training_srcc(
+    method, lr, steps, options, addition, srcc_bar, started_llava, small_train_rows, tmp_path
+):
     path = started_llava
     family, processor, syllabus, (inputs, meta) = training_batch(path, small_train_rows)
     model = family.load_model(path, torch.float32, "cpu")
-    recipe = Recipe(method=method, lr=lr, lora_r=8, prompt_pixels=4)
+    recipe = Recipe(method=method, lr=lr, options=options)
     torch.manual_seed(0)
     trainable = setup_method(model, family, processor, syllabus.level_ids("quality", "image"), recipe, path)
     trained = [n for n, p in trainable.objective.named_parameters() if p.requires_grad]
     frozen = {n: p.detach().clone() for n, p in trainable.objective.model.named_parameters() if not p.requires_grad}
-    assert trained and all(("lora_" in n) if method == "lora" else n.startswith("prompt.") for n in trained)
+    assert trained and all(("lora_" in n) if method == "lora" else n.startswith("addition.") for n in trained)
     params = [p for p in trainable.objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
     losses = []
@@ -347,18 +571,22 @@ def test_methods_lower_the_loss_and_raise_training_srcc(method, lr, steps, start
 
     # exported as a version folder holds it, then scored through the scoring path
     out = tmp_path / "version"
-    copy_model_files(path, out, weights=method == "visual-prompt")
+    copy_model_files(path, out, weights=addition is not None)
     trainable.export(str(out))
-    if method == "visual-prompt":
-        assert Scorer(str(out)).prompt is not None  # the scorer (and so the scoring job) applies it
-        assert (out / "visual_prompt.safetensors").stat().st_size < 10_000
+    if addition is not None:
+        # the scorer (and so the scoring job) applies it; the artifact is small beside the frozen weights
+        assert [type(a) for a in Scorer(str(out)).additions] == [addition]
+        artifact = next(f for f in out.iterdir() if f.name in methods.get(method).artifacts and f.suffix != ".json")
+        assert artifact.stat().st_size < 10_000
     else:
         assert "lora" not in (out / "config.json").read_text()  # merged: a plain model for the scorer
     mos = np.array([r["mos"] for r in small_train_rows])
-    before = correlations(predict(path, small_train_rows), mos)["srcc"]
-    after = correlations(predict(str(out), small_train_rows), mos)["srcc"]
+    base_scores, scores = predict(path, small_train_rows), predict(str(out), small_train_rows)
+    before, after = correlations(base_scores, mos)["srcc"], correlations(scores, mos)["srcc"]
     print(f"{method}: loss {losses[0]:.4f} -> {losses[-1]:.4f}, training SRCC {before:.3f} -> {after:.3f}")
-    assert after > before + 0.2 and after > 0.8, (before, after)
+    assert np.abs(scores - base_scores).max() > 1e-3  # the trained result is what the scorer runs
+    if srcc_bar is not None:
+        assert after > before + 0.2 and after > srcc_bar, (before, after)
 
 
 def test_correlations():
@@ -416,6 +644,8 @@ def test_cli_refuses_bad_settings_before_doing_anything(tmp_path):
     for extra, message in [
         (["--batch-size", "2", "--num-workers", "4"], "at least the number of workers"),
         (["--views", "0"], "views must be >= 1"),
+        (["--method", "llama-adapter", "--lora-r", "8"], "--lora-r is an option of --method lora"),
+        (["--method", "llama-adapter", "--adapter-len", "0"], "adapter_len must be >= 1"),
     ]:
         proc = run_job([*common, *extra], dict(os.environ))
         output, _ = proc.communicate(timeout=120)
@@ -511,3 +741,80 @@ def test_retrain_on_object_storage_resumes_a_killed_driver_and_reruns_do_nothing
     output, _ = third.communicate(timeout=300)
     assert third.returncode == 0 and "nothing new" in output, output
     assert registry.list_versions(entry) == ["v0001"]
+
+
+def test_retrain_with_llama_adapter_versions_its_artifact_and_the_scorer_applies_it(
+    ray_cluster, tiny_models, label_media, tmp_path
+):
+    """The CLI's llama-adapter flags through Ray Train to a version: the frozen parent's weights, the adapter as its
+    own small artifact, version.json naming the method; the scoring path runs it, and its trained gates move scores."""
+    labels, root = tmp_path / "labels", tmp_path / "models"
+    write_label_shard(label_media, str(labels / "batch-0001" / "part-00000.parquet"))
+    base = tiny_models["llava"]
+    args = [
+        *("--labels", str(labels), "--base-model", base, "--registry", str(root), "--name", "adapted"),
+        *("--method", "llama-adapter", "--adapter-len", "4", "--adapter-layers", "1", "--seed", "7"),
+        *("--epochs", "2", "--lr", "5e-2", "--batch-size", "8", "--crop", "32", "--views", "2"),
+        *("--num-workers", "2", "--cpus-per-worker", "0.25", "--data-cpus", "0.25", "--data-actors", "1"),
+    ]
+    proc = run_job(args, {**os.environ, "RAY_ADDRESS": ray_cluster})
+    output, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, output
+    assert "llama-adapter: 260 trainable parameters" in output, output  # 4 prompts x 64 + 4 gates, one layer
+    version = root / "adapted" / "v0001"
+    record = json.loads((version / "version.json").read_text())
+    assert record["method"] == "llama-adapter" and record["recipe"]["seed"] == 7
+    assert record["recipe"]["options"] == {"adapter_len": 4, "adapter_layers": 1}
+    config = json.loads((version / "llama_adapter.json").read_text())
+    assert config["layers"] == [1] and config["adapter_len"] == 4
+    assert (version / "llama_adapter.safetensors").stat().st_size < 10_000
+    # the parent's frozen weights, unchanged: the adapter is the only thing training added
+    assert (version / "model.safetensors").read_bytes() == (Path(base) / "model.safetensors").read_bytes()
+    scorer = Scorer(str(version))
+    assert [type(a) for a in scorer.additions] == [LlamaAdapter]
+    assert scorer.additions[0].gates.abs().max() > 0  # trained: the gates opened
+    # the scoring job (`jobs/score_dataset.py --model <version>`) scores with the adapter on
+    items = [r for r in label_media if r["media_type"] == "image"][:4]
+    manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
+    write_manifest([{"id": r["id"], "uri": r["uri"], "media_type": "image"} for r in items], manifest, num_shards=1)
+    run_scoring(JobConfig(manifest=manifest, output=output, model=str(version), batch_size=4))
+    job_scores = pq.read_table(os.path.join(output, "part-00000.parquet")).column("score").to_numpy()
+    media = [load_media(r["uri"], "image") for r in items]
+    np.testing.assert_allclose(job_scores, scorer.score_media(media)[1], atol=1e-4)
+    assert np.abs(job_scores - Scorer(base).score_media(media)[1]).max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    "family, method, recipe",
+    [("qwen3_5", "full", "q-realign"), ("qwen3_5", "lora", "q-realign"), ("instructblip", "full", "generic")],
+)
+def test_retrain_trains_the_new_families_and_the_version_keeps_its_recipe(
+    ray_cluster, tiny_models, label_media, tmp_path, family, method, recipe
+):
+    """The retraining job (Ray Train, 2 workers) on a tiny Qwen3.5 (full and LoRA) and a tiny InstructBLIP: a version
+    results, taught with the base's prompt recipe, and it is scored with that recipe (qcurate.json in the version)."""
+    from pipeline.retrain import RetrainConfig, retrain
+    from pipeline.training import Scaling
+
+    images = [r for r in label_media if r["media_type"] == "image"]  # InstructBLIP scores no videos
+    write_label_shard(images, str(tmp_path / "labels" / "batch-0001" / "part-00000.parquet"))
+    config = RetrainConfig(
+        str(tmp_path / "labels"),
+        tiny_models[family],
+        str(tmp_path / "registry"),
+        "scorer",
+        Recipe(method=method, epochs=1, lr=1e-3, batch_size=4, options={"lora_r": 4} if method == "lora" else {}),
+        Scaling(num_workers=2, cpus_per_worker=0.25, data_cpus=0.25, data_actors=1),
+    )
+    outcome = retrain(config)
+    assert outcome.version == "v0001", outcome
+    history = outcome.metrics["training"]
+    assert history[0]["examples"] == sum(r["split"] == "train" for r in images) and np.isfinite(history[0]["loss"])
+    assert outcome.metrics["held_out"]["after"]["n"] == sum(r["split"] == "eval" for r in images)
+    entry = registry.entry_url(config.registry, "scorer")
+    assert registry.read_version(entry, "v0001")["prompt_recipe"] == recipe
+    version = registry.local_path(outcome.version_url)
+    assert json.loads((Path(version) / "qcurate.json").read_text()) == {"prompt_recipe": recipe}
+    assert Scorer(version).preprocessor.recipe.name == recipe
+    if method == "lora":
+        assert "lora" not in (Path(version) / "config.json").read_text()  # merged on export

@@ -1,13 +1,17 @@
 """Model families a scorer can run. Each family module offers the same functions:
 
-load_processor, tokenizer_of, prepare (CPU, one item -> numpy arrays), image_major_keys, collate (a batch -> tensors),
+load_processor, tokenizer_of, prepare (CPU, one item and a prompt recipe -> numpy arrays), image_major_keys,
+collate (a batch -> tensors),
 load_model and hidden_states (a batch -> the language model's final hidden states [B, L, H] and the mask of real
 positions [B, L]; mPLUG-Owl2 merges the visual tokens into the sequence itself, so its mask is the merged one).
-The scorer reads `last_real` of those; training reads the answer positions before it.
+The scorer reads `last_real` of those; training reads the answer positions before it. VIDEO_ONE_SLOT says where a
+video's frames go: all in the prompt's one image slot (mPLUG-Owl2), or one image each.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 from types import ModuleType
 
 import numpy as np
@@ -20,15 +24,31 @@ def model_type(path: str, revision: str | None = None) -> str:
     return config.get("model_type", "")
 
 
+# model_type -> the module that holds its differences; every other model is a native transformers one (hf)
+FAMILY_MODULES = {
+    "mplug_owl2": "owl2_family",
+    "qwen3_5": "qwen",
+    "qwen3_vl": "qwen",
+    "qwen2_5_vl": "qwen",
+    "instructblip": "instructblip",
+}
+
+
 def family(path: str, revision: str | None = None) -> ModuleType:
     """The module that knows how to prepare inputs for and run the model in `path`."""
-    if model_type(path, revision) == "mplug_owl2":
-        from pipeline.models import owl2_family
+    return importlib.import_module(f"pipeline.models.{FAMILY_MODULES.get(model_type(path, revision), 'hf')}")
 
-        return owl2_family
-    from pipeline.models import hf
 
-    return hf
+def saved_chat_template(path: str, revision: str | None = None) -> str | None:
+    """The chat template a checkpoint ships: chat_template.jinja (current layout) or chat_template.json (older)."""
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        found = cached_file(path, name, revision=revision, _raise_exceptions_for_missing_entries=False)
+        if found:
+            with open(found) as f:
+                return f.read() if name.endswith(".jinja") else json.load(f)["chat_template"]
+    return None
 
 
 def pad_stack(arrays: list[np.ndarray], value: float) -> np.ndarray:
@@ -44,3 +64,13 @@ def last_real(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Each row's hidden state at its last real position: [B, L, H] and a right-padded mask [B, L] -> [B, H]."""
     last = mask.sum(dim=1) - 1
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def check_recipe(family: ModuleType, recipe) -> None:
+    """A recipe whose video frame placement the family cannot do is refused before any item is prepared."""
+    wanted = recipe.video.one_slot
+    if wanted is not None and wanted != family.VIDEO_ONE_SLOT:
+        how = "in one image slot" if wanted else "as one image each"
+        raise ValueError(
+            f"prompt recipe {recipe.name!r} gives video frames {how}; {family.__name__} cannot: choose another recipe"
+        )

@@ -11,14 +11,28 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from pipeline.models import pad_stack
+from pipeline.models import pad_stack, saved_chat_template
+from pipeline.recipes import GENERIC, PromptRecipe
 
-TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+VIDEO_ONE_SLOT = False  # a video's frames go in as that many images
+# per-token outputs of one prompt (right-padded in a batch); InstructBLIP's Q-Former reads the prompt too
+TEXT_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "qformer_input_ids",
+    "qformer_attention_mask",
+)
 
 
 def load_processor(path: str, revision: str | None = None, trust_remote_code: bool = False) -> ProcessorMixin:
     processor = AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     processor.tokenizer.padding_side = "right"  # we read each row at its own last real token
+    if processor.chat_template is None:
+        # Some processors (InstructBLIP's) do not take a chat template in their constructor, so from_pretrained
+        # drops the one the checkpoint ships: without it the prompt would not be the model's.
+        processor.chat_template = saved_chat_template(path, revision)
     return processor
 
 
@@ -26,30 +40,44 @@ def tokenizer_of(processor: ProcessorMixin):
     return processor.tokenizer
 
 
-def render_prompt(processor: ProcessorMixin, question: str, answer_prefix: str, n_images: int) -> str:
-    """The chat template up to the assistant turn, then the start of the answer whose next word is the level."""
-    content = [{"type": "text", "text": question}] + [{"type": "image"}] * n_images
-    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+def render_prompt(
+    processor: ProcessorMixin, question: str, answer_prefix: str, n_images: int, recipe: PromptRecipe = GENERIC
+) -> str:
+    """The chat template up to the assistant turn (with the recipe's options and image placement), then the start
+    of the answer whose next word is the level."""
+    images = [{"type": "image"}] * n_images
+    question_part = [{"type": "text", "text": question}]
+    content = images + question_part if recipe.image_first else question_part + images
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, **recipe.chat_options
+    )
     return text + answer_prefix if text[-1:].isspace() else f"{text} {answer_prefix}"
 
 
-def prepare(processor: ProcessorMixin, frames: list[np.ndarray], question: str, answer_prefix: str) -> dict:
+def prepare(
+    processor: ProcessorMixin,
+    frames: list[np.ndarray],
+    question: str,
+    answer_prefix: str,
+    recipe: PromptRecipe = GENERIC,
+) -> dict:
     """One item's model inputs as numpy arrays, batch dimension dropped from the text keys."""
-    text = render_prompt(processor, question, answer_prefix, len(frames))
+    text = render_prompt(processor, question, answer_prefix, len(frames), recipe)
     # The channel axis is stated, never inferred: the processor would guess channels-first for an HxWx3 array whose
     # first axis is 1 or 3 (a 3-pixel-high strip, a 1x1 image) and score misread pixels.
     out = processor(text=[text], images=[list(frames)], return_tensors="np", input_data_format="channels_last")
     return {k: (v[0] if k in TEXT_KEYS else v) for k, v in out.items()}
 
 
-def image_major_keys(processor: ProcessorMixin, question: str, answer_prefix: str) -> frozenset[str]:
+def image_major_keys(processor: ProcessorMixin, recipe: PromptRecipe = GENERIC) -> frozenset[str]:
     """Which non-text outputs are stacked per image (concatenate) rather than per prompt (pad then stack).
 
     Processors differ (LLaVA: pixel_values [n_images, 3, H, W]; Idefics3: [1, n_images, 3, H, W]), so ask the
     processor once with a two-image prompt instead of hard-coding a list per family.
     """
     probe = np.full((32, 32, 3), 128, dtype=np.uint8)
-    out = prepare(processor, [probe, probe], question, answer_prefix)
+    prompt = recipe.prompt("quality", "image")
+    out = prepare(processor, [probe, probe], prompt.question, prompt.answer_prefix, recipe)
     return frozenset(k for k, v in out.items() if k not in TEXT_KEYS and v.shape[0] != 1)
 
 

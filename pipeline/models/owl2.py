@@ -21,7 +21,9 @@ needs one forward pass).
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -44,9 +46,14 @@ from transformers.models.llama.modeling_llama import (
 
 from pipeline.models import last_real
 
+logger = logging.getLogger("qcurate.owl2")
+
 IMAGE_TOKEN_INDEX = -200
 DEFAULT_IMAGE_TOKEN = "<|image|>"
 IGNORE_INDEX = -100
+# OpenAI CLIP's normalisation, which every published mPLUG-Owl2 processor uses.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # CLIP mean x 255, truncated as the reference does: tuple(int(x * 255) for x in image_processor.image_mean)
 CLIP_MEAN_FILL = (122, 116, 104)
 
@@ -519,7 +526,9 @@ class MPLUGOwl2DecoderLayer(nn.Module):
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         normed = self.input_layernorm(hidden_states, groups)
-        hidden_states = hidden_states + self.self_attn(normed, groups, position_embeddings, mask)
+        # position_embeddings by keyword, as LlamaDecoderLayer passes them: hooks read them there (the llama-adapter)
+        attended = self.self_attn(normed, groups, position_embeddings=position_embeddings, mask=mask)
+        hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states, groups))
 
 
@@ -607,6 +616,9 @@ class MPLUGOwl2LlamaForCausalLM(PreTrainedModel):
         "MplugOwlVisionEncoderLayer",
         "MplugOwlVisualAbstractorLayer",
     ]
+    # Checkpoints saved by transformers < 4.38 (all published ones) still hold each layer's rotary buffer; rotary
+    # positions are recomputed here.
+    _keys_to_ignore_on_load_unexpected = [r"\.rotary_emb\.inv_freq$"]
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
@@ -888,11 +900,29 @@ def preprocess_frames(
 
 def load_image_processor(path: str, **kwargs: Any) -> Any:
     """The checkpoint's CLIP image processor on the PIL backend: the reference's resize (the torchvision
-    backend, which transformers 5 prefers when torchvision is installed, resizes differently)."""
+    backend, which transformers 5 prefers when torchvision is installed, resizes differently).
+
+    A checkpoint without `preprocessor_config.json` (`q-future/q-align-vqa`) gets the family's documented
+    preprocessing: CLIP at the vision tower's input size (448 for the published models), bicubic, CLIP mean/std.
+    """
     try:
         from transformers import CLIPImageProcessorPil as processor_class
     except ImportError:  # transformers 4.x: CLIPImageProcessor is the PIL one
         from transformers import CLIPImageProcessor as processor_class
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "preprocessor_config.json")):
+        size = MPLUGOwl2Config.from_pretrained(path).vision_settings.image_size
+        logger.warning(
+            "%s has no preprocessor_config.json: using the mPLUG-Owl2 defaults (CLIP at %d px, bicubic, CLIP mean/std)",
+            path,
+            size,
+        )
+        return processor_class(
+            size={"shortest_edge": size},
+            crop_size={"height": size, "width": size},
+            resample=Image.Resampling.BICUBIC,
+            image_mean=list(CLIP_MEAN),
+            image_std=list(CLIP_STD),
+        )
     return processor_class.from_pretrained(path, **kwargs)
 
 

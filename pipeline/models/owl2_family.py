@@ -21,6 +21,9 @@ from pipeline.models.owl2 import (
     preprocess_frames,
     tokenize_prompt,
 )
+from pipeline.recipes import Q_ALIGN, PromptRecipe
+
+VIDEO_ONE_SLOT = True  # a video's frames fill the one <|image|> slot in frame order
 
 
 @dataclass
@@ -38,17 +41,28 @@ def tokenizer_of(processor: Owl2Processor):
     return processor.tokenizer
 
 
-def render_prompt(question: str, answer_prefix: str) -> str:
-    return f"USER: {question}\n{DEFAULT_IMAGE_TOKEN}\nASSISTANT: {answer_prefix}"
+def render_prompt(
+    processor: Owl2Processor, question: str, answer_prefix: str, n_images: int, recipe: PromptRecipe = Q_ALIGN
+) -> str:
+    """mPLUG-Owl2's chat format (it has no chat template): the question, then the one image slot (all frames go
+    there), unless the recipe puts the image first."""
+    turn = f"{DEFAULT_IMAGE_TOKEN}\n{question}" if recipe.image_first else f"{question}\n{DEFAULT_IMAGE_TOKEN}"
+    return f"USER: {turn}\nASSISTANT: {answer_prefix}"
 
 
-def prepare(processor: Owl2Processor, frames: list[np.ndarray], question: str, answer_prefix: str) -> dict:
-    ids = tokenize_prompt(render_prompt(question, answer_prefix), processor.tokenizer)
+def prepare(
+    processor: Owl2Processor,
+    frames: list[np.ndarray],
+    question: str,
+    answer_prefix: str,
+    recipe: PromptRecipe = Q_ALIGN,
+) -> dict:
+    ids = tokenize_prompt(render_prompt(processor, question, answer_prefix, len(frames), recipe), processor.tokenizer)
     pixels = preprocess_frames(frames, processor.image_processor).numpy()
     return {"input_ids": np.asarray(ids, dtype=np.int64), "pixel_values": pixels}
 
 
-def image_major_keys(processor: Owl2Processor, question: str, answer_prefix: str) -> frozenset[str]:
+def image_major_keys(processor: Owl2Processor, recipe: PromptRecipe = Q_ALIGN) -> frozenset[str]:
     return frozenset({"pixel_values"})
 
 

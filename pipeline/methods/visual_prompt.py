@@ -8,6 +8,7 @@ scorer, with the prompt as one extra step on the pixel tensor.
 
 Saved as its own small artifact (visual_prompt.safetensors + visual_prompt.json) beside the frozen model's files;
 the Scorer applies it whenever a model folder has one, so the scoring job runs such a version as it was trained.
+A visual-prompt parent keeps its prompt training.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from pipeline.methods import Addition, Attached, Method, Option
 
 WEIGHTS = "visual_prompt.safetensors"
 CONFIG = "visual_prompt.json"
@@ -38,7 +41,7 @@ def image_geometry(processor: Any) -> tuple[int, list[float], list[float]]:
     return int(crop["height"]), [float(m) for m in ip.image_mean], [float(s) for s in ip.image_std]
 
 
-class VisualPrompt(nn.Module):
+class VisualPrompt(Addition):
     """A border of `pixels` pixels around a `side` x `side` image: 3 * (side^2 - (side - 2 pixels)^2) parameters."""
 
     def __init__(self, side: int, pixels: int, mean: list[float], std: list[float]) -> None:
@@ -71,6 +74,11 @@ class VisualPrompt(nn.Module):
         prompted = (images + self.delta().to(pixel_values)).clamp(0.0, 1.0)
         return (prompted - mean) / std
 
+    def transform(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        pixels = inputs["pixel_values"]
+        # The prompt's arithmetic in float32 (a bf16 model's pixels would round the small border values away).
+        return {**inputs, "pixel_values": self(pixels.float()).to(pixels.dtype)}
+
     def save(self, folder: str, extra: dict | None = None) -> None:
         os.makedirs(folder, exist_ok=True)
         save_file(
@@ -100,3 +108,29 @@ class VisualPrompt(nn.Module):
         prompt = cls(config["side"], config["pixels"], config["mean"], config["std"])
         prompt.load_state_dict(load_file(os.path.join(folder, WEIGHTS)))
         return prompt
+
+
+class VisualPromptMethod(Method):
+    name = "visual-prompt"
+    default_lr = 1e-2  # a few thousand pixels steer a frozen model: a large step
+    options = (Option("prompt_pixels", int, 30, "border width in pixels", minimum=1),)
+    artifacts = (WEIGHTS, CONFIG)
+
+    def attach(self, model: nn.Module, processor: Any, options: dict[str, Any], parent: str) -> Attached:
+        model.requires_grad_(False).eval()
+        prompt = VisualPrompt.load(parent)  # a visual-prompt parent: keep training its prompt
+        if prompt is None:
+            side, mean, std = image_geometry(processor)
+            prompt = VisualPrompt(side, options["prompt_pixels"], mean, std)
+        prompt.requires_grad_(True)
+        return Attached(export=prompt.save, addition=prompt)
+
+    def apply(self, model: nn.Module, folder: str) -> VisualPrompt | None:
+        prompt = VisualPrompt.load(folder)
+        if prompt is None:
+            return None
+        param = next(model.parameters())
+        return prompt.to(param.device).eval()
+
+
+METHOD = VisualPromptMethod()

@@ -1,0 +1,173 @@
+"""Manifest validation on the cluster, with a driver whose memory does not grow with rows or shards.
+
+    every shard -> a Ray task: schema, types, media types, ids unique within the shard (pipeline.shards);
+                   its ids hashed to 64 bits and sent, by hash range, to one of a few bucket actors
+    every bucket -> the hashes seen more than once, with the shards they came from (candidates)
+    candidates -> confirmed on the ids themselves (the named shards are read again), so a hash collision is never
+                  reported as a duplicate; the first real one fails the manifest, naming both shards and the id
+
+The driver holds one small summary per shard (name, rows, size) and a bounded window of tasks in flight; the ids
+live in the bucket actors (12 bytes a row, spread over the cluster) only while the check runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import store
+from pipeline.shards import Shard, read_valid_shard
+from schemas import SchemaError
+
+CANDIDATES_PER_PAGE = 64
+
+
+def id_hashes(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """64-bit hashes of string ids (pandas' SipHash, the same on every node)."""
+    values = ids.to_numpy(zero_copy_only=False) if isinstance(ids, pa.Array) else ids.to_numpy()
+    return pd.util.hash_array(np.asarray(values, dtype=object), categorize=False)
+
+
+class IdBucket:
+    """The hashes of one hash range of ids, with the index of the shard each came from."""
+
+    def __init__(self) -> None:
+        self.hashes: list[np.ndarray] = []
+        self.shards: list[np.ndarray] = []
+        self.groups: list[tuple[int, list[int]]] | None = None
+
+    def add(self, shard: int, hashes: np.ndarray) -> None:
+        self.hashes.append(hashes)
+        self.shards.append(np.full(len(hashes), shard, dtype=np.uint32))
+
+    def candidates(self, offset: int, limit: int) -> tuple[int, list[tuple[int, list[int]]]]:
+        """(how many hashes occur more than once, a page of them as (hash, shard indices))."""
+        if self.groups is None:
+            hashes = np.concatenate(self.hashes) if self.hashes else np.empty(0, np.uint64)
+            shards = np.concatenate(self.shards) if self.shards else np.empty(0, np.uint32)
+            self.hashes, self.shards = [], []
+            order = np.argsort(hashes, kind="stable")
+            hashes, shards = hashes[order], shards[order]
+            repeated = np.flatnonzero(hashes[1:] == hashes[:-1])
+            groups: dict[int, set[int]] = defaultdict(set)
+            for i in repeated:
+                groups[int(hashes[i])].update((int(shards[i]), int(shards[i + 1])))
+            self.groups = [(h, sorted(s)) for h, s in groups.items()]
+        return len(self.groups), self.groups[offset : offset + limit]
+
+
+def _check_shard(
+    url: str, index: int, buckets: list, videos_allowed: bool, reserved: tuple[str, ...]
+) -> tuple[str, int, int]:
+    """One shard's checks, then its id hashes to the buckets. Returns (url, rows, index)."""
+    import ray
+
+    shard, table = read_valid_shard(url, reserved)
+    if not videos_allowed and pc.any(pc.equal(table.column("media_type"), "video")).as_py():
+        raise SchemaError(url, "media_type", "videos are scored for quality only, not for this task")
+    hashes = id_hashes(table.column("id").combine_chunks())
+    which = hashes % np.uint64(len(buckets))
+    ray.get([b.add.remote(index, hashes[which == i]) for i, b in enumerate(buckets) if (which == i).any()])
+    return url, shard.num_rows, index
+
+
+def _ids_with_hashes(url: str, hashes: list[int]) -> list[str]:
+    """The ids of a shard whose hash is one of `hashes`."""
+    ids = store.read_parquet(url, columns=["id"]).column("id").combine_chunks()
+    return ids.filter(pa.array(np.isin(id_hashes(ids), np.array(hashes, dtype=np.uint64)))).to_pylist()
+
+
+def validate_manifest_shards(
+    urls: list[str],
+    videos_allowed: bool = True,
+    reserved: tuple[str, ...] = (),
+    cpus_per_task: float = 0.25,  # reading shards is mostly I/O, as the scoring job's reads
+    stall_s: float = 600.0,
+    log=print,
+) -> list[Shard]:
+    """Check every shard of a manifest on the cluster (see the module docstring); raise SchemaError on the first
+    problem, naming the shard and the column. `reserved`: column names the output adds, refused in a manifest.
+    Returns the shards in URL order."""
+    import ray
+
+    from pipeline.watchdog import wait_or_fail
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # Actors hold ids but need no CPU: num_cpus=0, so they can never starve the shard tasks.
+    buckets = [ray.remote(num_cpus=0)(IdBucket).remote() for _ in range(max(1, min(cpus, len(urls))))]
+    check = ray.remote(_check_shard).options(num_cpus=cpus_per_task, max_retries=3)
+    window = max(2, 2 * int(cpus / cpus_per_task))
+    rows: dict[int, int] = {}
+    pending, todo = [], list(enumerate(urls))
+    start = last_log = time.perf_counter()
+    try:
+        while todo or pending:
+            while todo and len(pending) < window:
+                index, url = todo.pop(0)
+                pending.append(check.remote(url, index, buckets, videos_allowed, reserved))
+            done, pending = wait_or_fail(pending, stall_s, "manifest validation (shard checks)")
+            for ref in done:
+                _, n, index = _get(ref)
+                rows[index] = n
+            if time.perf_counter() - last_log > 30:
+                last_log = time.perf_counter()
+                log(f"validating: {len(rows)}/{len(urls)} shards checked ({time.perf_counter() - start:.0f} s)")
+        _confirm_duplicates(urls, buckets, stall_s)
+    finally:  # on a failure too: nothing of the check may linger on the cluster
+        for ref in pending:
+            ray.cancel(ref)
+        for b in buckets:
+            ray.kill(b)
+    return [Shard(url, store.basename(url), rows[i]) for i, url in enumerate(urls)]
+
+
+def _confirm_duplicates(urls: list[str], buckets: list, stall_s: float) -> None:
+    """Page through the hash candidates of every bucket and confirm them on the ids; fail on the first real one."""
+    import ray
+
+    from pipeline.watchdog import wait_or_fail
+
+    lookup = ray.remote(_ids_with_hashes)
+    for bucket in buckets:
+        offset = 0
+        while True:
+            (ref,), _ = wait_or_fail([bucket.candidates.remote(offset, CANDIDATES_PER_PAGE)], stall_s, "id check")
+            total, page = _get(ref)
+            if not page:
+                break
+            by_shard: dict[int, list[int]] = defaultdict(list)
+            for h, shards in page:
+                for s in shards:
+                    by_shard[s].append(h)
+            refs = {s: lookup.remote(urls[s], hs) for s, hs in by_shard.items()}
+            found = {s: set(_get(r)) for s, r in refs.items()}
+            for _, shards in page:
+                seen: dict[str, int] = {}
+                for s in shards:  # an id is unique within its shard: seen in two of them means a duplicate
+                    for item_id in sorted(found[s]):
+                        if item_id in seen:
+                            where = [urls[seen[item_id]], urls[s]]
+                            raise SchemaError(
+                                urls[s], "id", f"ids appear in more than one shard, e.g. {item_id!r} in {where}"
+                            )
+                        seen[item_id] = s
+            offset += len(page)
+            if offset >= total:
+                break
+
+
+def _get(ref):
+    """ray.get that re-raises a task's SchemaError as itself (not wrapped in RayTaskError)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, SchemaError):
+            raise e.cause from None
+        raise

@@ -1,0 +1,224 @@
+"""Corpora of many shards on a bounded driver, and jobs that never hang: validation on the cluster (ids exact across
+shards), reuse of an unchanged manifest's validation, shards gathered one at a time, resources sized to the cluster
+(impossible requests fail at once), and a watchdog on every wait, each tested by starving its stage on purpose."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.corpus import build_sample_corpus
+from pipeline.job import JobConfig, JobError, run
+from pipeline.shards import write_manifest
+from pipeline.synthetic import write_label_shard
+from pipeline.training import Scaling
+from pipeline.validation import IdBucket, _confirm_duplicates, id_hashes, validate_manifest_shards
+from pipeline.watchdog import StallError
+from schemas import SchemaError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shard_files(root: Path, ids_per_shard: list[list[str]]) -> list[str]:
+    root.mkdir(parents=True, exist_ok=True)
+    urls = []
+    for i, ids in enumerate(ids_per_shard):
+        table = pa.table({"id": ids, "uri": [f"{root}/{x}.jpg" for x in ids], "media_type": ["image"] * len(ids)})
+        pq.write_table(table, root / f"part-{i:05d}.parquet")
+        urls.append(str(root / f"part-{i:05d}.parquet"))
+    return urls
+
+
+@pytest.fixture
+def hold_cpus(ray_cluster):
+    """Reserve CPUs of the session cluster with a placement group, to starve whatever needs them."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    groups = []
+
+    def hold(cpus: float):
+        group = placement_group([{"CPU": cpus}])
+        ray.get(group.ready(), timeout=60)
+        groups.append(group)
+
+    yield hold
+    for group in groups:
+        remove_placement_group(group)
+
+
+def test_ids_are_unique_across_shards_exactly(ray_cluster, tmp_path):
+    ids = [[f"s{s}-{i}" for i in range(500)] for s in range(6)]
+    urls = shard_files(tmp_path / "ok", ids)
+    shards = validate_manifest_shards(urls)
+    assert [s.num_rows for s in shards] == [500] * 6 and [s.url for s in shards] == urls
+
+    ids[4][123] = "s1-77"  # an id of shard 1 again in shard 4
+    urls = shard_files(tmp_path / "dupe", ids)
+    with pytest.raises(SchemaError, match="more than one shard") as err:
+        validate_manifest_shards(urls)
+    assert "'s1-77'" in str(err.value) and "part-00001.parquet" in str(err.value)
+    assert err.value.source.endswith("part-00004.parquet") and err.value.column == "id"
+
+    ids[4][123] = "s4-123"
+    ids[2][5] = ids[2][6]  # a duplicate within one shard: named with that shard
+    with pytest.raises(SchemaError, match="part-00002.parquet: column 'id': 1 duplicate"):
+        validate_manifest_shards(shard_files(tmp_path / "within", ids))
+
+
+def test_a_hash_collision_is_not_a_duplicate(ray_cluster, tmp_path):
+    """Candidates are confirmed on the ids: two shards whose ids share a (forced) hash but not a value pass."""
+    import ray
+
+    urls = shard_files(tmp_path, [["a", "b"], ["c", "d"]])
+    collision = int(id_hashes(pa.array(["a"]))[0])
+    bucket = ray.remote(num_cpus=0)(IdBucket).remote()
+    # as if "c" hashed like "a": the bucket sees one hash from both shards
+    ray.get([bucket.add.remote(0, np.array([collision], np.uint64)), bucket.add.remote(1, np.array([collision]))])
+    assert ray.get(bucket.candidates.remote(0, 10)) == (1, [(collision, [0, 1])])
+    _confirm_duplicates(urls, [bucket], stall_s=60)  # no error: "a" is not in shard 1
+
+    real = shard_files(tmp_path / "real", [["a", "b"], ["c", "a"]])
+    bucket = ray.remote(num_cpus=0)(IdBucket).remote()
+    ray.get([bucket.add.remote(0, id_hashes(pa.array(["a"]))), bucket.add.remote(1, id_hashes(pa.array(["a"])))])
+    with pytest.raises(SchemaError, match="'a' in"):
+        _confirm_duplicates(real, [bucket], stall_s=60)
+
+
+def test_validation_stalls_fail_naming_the_stage(hold_cpus, tmp_path):
+    urls = shard_files(tmp_path, [["a"], ["b"]])
+    hold_cpus(2)  # every CPU: the shard checks can never be placed
+    start = time.monotonic()
+    with pytest.raises(StallError, match="manifest validation .*no progress for 3 s.*_check_shard"):
+        validate_manifest_shards(urls, stall_s=3)
+    assert time.monotonic() - start < 30
+
+
+def test_a_starved_scoring_stage_fails_instead_of_hanging(hold_cpus, tiny_models, tmp_path):
+    rows = build_sample_corpus(str(tmp_path / "corpus"), photos=("astronaut",), n_videos=0)
+    write_manifest(rows, str(tmp_path / "manifest"), num_shards=1)
+    scores = tmp_path / "scores"
+    cmd = [sys.executable, str(REPO / "jobs/score_dataset.py"), "--manifest", str(tmp_path / "manifest")]
+    cmd += ["--output", str(scores), "--model", tiny_models["llava"]]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    # Uncommit the shard but keep the recorded validation, so the rerun goes straight to scoring...
+    shutil.rmtree(scores / "_committed")
+    # ...and starve it: with 1.5 of the 2 CPUs held, the pipeline's file listing (a whole CPU) is never placed.
+    hold_cpus(1.5)
+    start = time.monotonic()
+    result = subprocess.run([*cmd, "--stall-timeout", "30"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED: scoring: no progress for 30 s" in result.stderr and "waiting to be placed" in result.stderr
+    assert time.monotonic() - start < 180
+    assert not (scores / "_committed").exists()
+
+
+def config(manifest: Path, output: Path, model: str) -> JobConfig:
+    return JobConfig(manifest=str(manifest), output=str(output), model=model, batch_size=4, max_error_rate=0.5)
+
+
+def test_reruns_reuse_the_validation_of_an_unchanged_manifest(ray_cluster, tiny_models, tmp_path):
+    rows = build_sample_corpus(str(tmp_path / "corpus"), photos=("astronaut", "coffee"), n_videos=0)
+    manifest, output = tmp_path / "manifest", tmp_path / "scores"
+    write_manifest(rows, str(manifest), num_shards=12)
+    lines: list[str] = []
+    summary = run(config(manifest, output, tiny_models["llava"]), log=lines.append)
+    # rows come back in manifest order: the driver gathers about one shard at a time
+    assert summary["this_run"]["max_partial_shards"] <= 2
+    record = json.loads((output / "_manifest.json").read_text())
+    assert sum(record["rows"].values()) == len(rows) and len(record["listing"]) == 12
+
+    lines.clear()
+    again = run(config(manifest, output, tiny_models["llava"]), log=lines.append)
+    assert again["this_run"]["shards"] == 0 and again["rows"] == len(rows)
+    assert not any("validating" in line for line in lines)
+
+    # a new shard: the manifest is validated again (its ids against all the others), then the shard is scored
+    pq.write_table(pa.Table.from_pylist([{**rows[0], "id": "extra"}]), manifest / "part-00012.parquet")
+    lines.clear()
+    grown = run(config(manifest, output, tiny_models["llava"]), log=lines.append)
+    assert any("manifest changed since the last run" in line for line in lines)
+    assert grown["this_run"]["shards"] == 1 and grown["rows"] == len(rows) + 1
+
+    # a committed shard rewritten: its scores would no longer match it
+    table = pq.read_table(manifest / "part-00003.parquet")
+    pq.write_table(table.slice(0, 1), manifest / "part-00003.parquet")
+    with pytest.raises(JobError, match=r"\['part-00003.parquet'\] changed after their scores were committed"):
+        run(config(manifest, output, tiny_models["llava"]))
+
+
+def test_scoring_requests_that_cannot_be_placed_fail_at_once(ray_cluster, tiny_models, tmp_path):
+    rows = build_sample_corpus(str(tmp_path / "corpus"), photos=("astronaut",), n_videos=0)
+    write_manifest(rows, str(tmp_path / "manifest"), num_shards=1)
+    cfg = config(tmp_path / "manifest", tmp_path / "scores", tiny_models["llava"])
+    cfg.num_scorers = 4
+    with pytest.raises(JobError, match=r"--num-scorers 4 .* needs 2.75 CPU\(s\) .* the cluster has 2"):
+        run(cfg)
+
+
+def test_training_resources_are_sized_to_the_cluster():
+    small = Scaling().sized_for(cpus=2, gpus=0, node_cpus=2)
+    assert (small.cpus_per_worker, small.data_cpus) == (0.5, 0.5)  # the example pipeline keeps a CPU to run
+    big = Scaling().sized_for(cpus=16, gpus=0, node_cpus=8)
+    assert (big.cpus_per_worker, big.data_cpus) == (7.0, 1.0)
+    gpu = Scaling(use_gpu=True, num_workers=4).sized_for(cpus=32, gpus=4, node_cpus=8)
+    assert gpu.cpus_per_worker == 7.75 and gpu.data_cpus == 1.0
+    assert Scaling(num_workers=1).sized_for(cpus=1.5, gpus=0, node_cpus=1.5).cpus_per_worker == 0.5
+    with pytest.raises(ValueError, match=r"--num-workers 2 --use-gpu needs 2 GPU\(s\).*has 2 CPU\(s\).*0 GPU"):
+        Scaling(use_gpu=True).sized_for(cpus=2, gpus=0, node_cpus=2)
+    with pytest.raises(ValueError, match=r"--cpus-per-worker 1 --data-cpus 0.5 needs 5 CPU"):
+        Scaling(num_workers=4, cpus_per_worker=1).sized_for(cpus=2, gpus=0, node_cpus=2)
+    with pytest.raises(ValueError, match="on one node per worker"):
+        Scaling(num_workers=1, cpus_per_worker=6).sized_for(cpus=16, gpus=0, node_cpus=4)
+
+
+def test_retrain_defaults_run_on_the_test_cluster_and_impossible_requests_fail_fast(ray_cluster, tiny_models, tmp_path):
+    corpus = build_sample_corpus(str(tmp_path / "corpus"), photos=("astronaut", "coffee"), n_videos=0)
+    labels = [
+        {
+            "id": r["id"],
+            "uri": r["uri"],
+            "media_type": "image",
+            "task": "quality",
+            "mos": float(r["mos"]),
+            "scale_min": 1.0,
+            "scale_max": 5.0,
+            "split": "eval" if r["source"] == "coffee" else "train",
+        }
+        for r in corpus
+    ]
+    write_label_shard(labels, str(tmp_path / "labels" / "b1" / "part-00000.parquet"))
+    base = [sys.executable, str(REPO / "jobs/retrain.py"), "--labels", str(tmp_path / "labels")]
+    base += ["--base-model", tiny_models["llava"], "--registry", str(tmp_path / "models"), "--name", "s"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    for extra, message in [
+        (["--num-workers", "4", "--cpus-per-worker", "1"], "--num-workers 4 --cpus-per-worker 1 --data-cpus 0.5"),
+        (["--use-gpu"], "--num-workers 2 --use-gpu needs 2 GPU(s)"),
+    ]:
+        start = time.monotonic()
+        result = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+        assert result.returncode == 1 and message in result.stderr, result.stdout + result.stderr
+        assert "the cluster has 2 CPU(s)" in result.stderr and time.monotonic() - start < 60
+    # the defaults (2 workers on a 2-CPU cluster) used to hang: the workers took every CPU from the example readers
+    result = subprocess.run(
+        [*base, "--epochs", "1", "--batch-size", "4", "--stall-timeout", "120"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 worker(s) x 0.5 CPU, example actors 0.5 CPU each" in result.stdout
+    assert (tmp_path / "models" / "s" / "v0001" / "version.json").exists()
