@@ -6,7 +6,7 @@ import pytest
 
 from pipeline import store
 from pipeline.levels import DEFAULT_LEVELS, Levels
-from pipeline.shards import validate_shards
+from pipeline.shards import read_valid_shard
 from schemas import MAX_ID_BYTES, SchemaError, output_columns, scores_schema, validate_manifest, validate_scores
 
 
@@ -90,7 +90,7 @@ def test_unreadable_shard_files_are_named(tmp_path, monkeypatch):
         bad = tmp_path / "part-00001.parquet"
         bad.write_bytes(content)
         with pytest.raises(SchemaError, match="not a readable Parquet file") as err:
-            validate_shards([good, str(bad)])
+            read_valid_shard(str(bad))
         assert err.value.source == str(bad), what
 
 
@@ -109,13 +109,13 @@ def test_columns_named_like_output_columns_are_refused_naming_shard_and_columns(
     good = write_shard(tmp_path / "part-00000.parquet", manifest())
     clash = write_shard(tmp_path / "part-00001.parquet", manifest(id=["c", "d"], score=[1.0, 2.0], error=["x", "y"]))
     with pytest.raises(SchemaError) as err:
-        validate_shards([good, clash], reserved=reserved)
+        read_valid_shard(clash, reserved)
     assert err.value.source == clash and "['score', 'error']" in str(err.value)
-    assert [s.num_rows for s in validate_shards([good, clash])] == [2, 2]  # only the job's names are reserved
+    assert [read_valid_shard(u)[0].num_rows for u in (good, clash)] == [2, 2]  # only the job's names are reserved
     custom = Levels(("high", "low"), (2.0, 1.0))
     with pytest.raises(SchemaError, match="p_high"):
-        validate_shards(
-            [write_shard(tmp_path / "part-00002.parquet", manifest(p_high=[0.5, 0.5]))], reserved=output_columns(custom)
+        read_valid_shard(
+            write_shard(tmp_path / "part-00002.parquet", manifest(p_high=[0.5, 0.5])), output_columns(custom)
         )
 
 

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoTokenizer
 
 from pipeline.levels import DEFAULT_LEVELS
-from pipeline.models.owl2 import MPLUGOwl2Config, MPLUGOwl2LlamaForCausalLM
+from pipeline.models.owl2 import ABSTRACTOR_DEFAULTS, VISION_DEFAULTS, MPLUGOwl2Config, MPLUGOwl2LlamaForCausalLM
 from pipeline.models.tiny import WORDS
 
 # The field set that transformers 4.31's PretrainedConfig.to_dict() writes for every (sub-)config.
@@ -80,36 +80,17 @@ _OLD_PRETRAINED_FIELDS = dict(
     _name_or_path="",
     transformers_version="4.31.0",
 )
-HUB_VISION = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    projection_dim=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_channels=3,
-    image_size=448,
-    patch_size=14,
-    hidden_act="quick_gelu",
-    layer_norm_eps=1e-6,
-    attention_dropout=0.0,
-    initializer_range=0.02,
-    initializer_factor=1.0,
-    use_flash_attn=False,
-)
-HUB_ABSTRACTOR = dict(
-    num_learnable_queries=64,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=88,
-    attention_probs_dropout_prob=0.0,
-    initializer_range=0.02,
-    layer_norm_eps=1e-6,
-    encoder_hidden_size=32,
-    grid_size=32,
-    add_v2t_pos_emb=False,
-    use_cls_token=True,
-)
+# The reference defaults (the published sizes: 448 px, patch 14, 64 queries, grid 32) with tiny widths and depths.
+HUB_VISION = {
+    **VISION_DEFAULTS,
+    **dict(hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2, num_attention_heads=4),
+}
+HUB_ABSTRACTOR = {
+    **ABSTRACTOR_DEFAULTS,
+    **dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=88, encoder_hidden_size=32),
+    "add_v2t_pos_emb": False,
+    "use_cls_token": True,
+}
 CLIP_448 = {
     "crop_size": 448,
     "do_center_crop": True,
