@@ -370,8 +370,8 @@ def test_shards_that_yield_fewer_rows_than_validated_fail_the_job_and_are_not_co
     run_json = json.loads((Path(output) / "_run.json").read_text())
     assert run_json["status"] == "failed" and "part-00001.parquet" in run_json["failure"]
 
-    for name, data in originals.items():  # the files restored, a rerun scores the two shards, once
-        (manifest / name).write_bytes(data)
+    for name in ("part-00001.parquet", "part-00002.parquet"):  # restored, a rerun scores the two shards, once
+        (manifest / name).write_bytes(originals[name])
     summary = run(config(str(manifest), output, tiny_models["llava"]))
     assert summary["this_run"]["shards"] == 2 and sorted(all_ids(output)) == sorted(r["id"] for r in rows)
 

@@ -56,7 +56,13 @@ class QwenImageProcessor:
             **options,
         )
 
-    def __call__(self, text: list[str], images: list[list[np.ndarray]], return_tensors: str = "np") -> dict:
+    def __call__(
+        self,
+        text: list[str],
+        images: list[list[np.ndarray]],
+        return_tensors: str = "np",
+        input_data_format: str = "channels_last",
+    ) -> dict:
         """One prompt with its images -> the processor's outputs, batch dimension kept (as the real processor)."""
         if len(text) != 1:
             raise ValueError("one prompt at a time")
@@ -67,7 +73,7 @@ class QwenImageProcessor:
         out: dict[str, np.ndarray] = {}
         pieces = text[0].split(IMAGE_TOKEN)
         if frames:
-            pixels = self.image_processor(images=list(frames), return_tensors="np", input_data_format="channels_last")
+            pixels = self.image_processor(images=list(frames), return_tensors="np", input_data_format=input_data_format)
             out["pixel_values"] = np.asarray(pixels["pixel_values"])
             out["image_grid_thw"] = np.asarray(pixels["image_grid_thw"])
             merge = self.image_processor.merge_size**2
