@@ -30,7 +30,7 @@ import ray
 from pipeline.shards import list_shards
 from pipeline.validation import validate_manifest_shards
 def hwm():
-    return int(re.search(r"VmHWM:\\\\s+(\\\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 ray.init(num_cpus=int(sys.argv[2]), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
 base = hwm()
 start = time.perf_counter()
@@ -44,7 +44,7 @@ import json, re, sys
 import ray
 from pipeline.job import JobConfig, run
 def hwm():
-    return int(re.search(r"VmHWM:\\\\s+(\\\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
 summary = run(JobConfig(manifest=sys.argv[1], output=sys.argv[2], model=sys.argv[3], restart=True), log=lambda m: None)
 print(json.dumps({"peak": hwm(), **summary["this_run"]}))
