@@ -17,6 +17,7 @@ Adding a method is one new file here: this package finds its modules by itself.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pkgutil
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from functools import cache
 from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 
@@ -143,3 +145,21 @@ def artifact_files() -> frozenset[str]:
 def apply_all(model: nn.Module, folder: str) -> list[Addition]:
     """The additions a local model folder holds, put on `model` (what the Scorer runs)."""
     return [a for m in all_methods() if (a := m.apply(model, folder)) is not None]
+
+
+def save_artifact(folder: str, weights: str, tensors: dict[str, torch.Tensor], config_name: str, config: dict) -> None:
+    """An additive method's own small artifact beside the model: its tensors as safetensors, its shape as json."""
+    os.makedirs(folder, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, os.path.join(folder, weights))
+    with open(os.path.join(folder, config_name), "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def load_artifact(folder: str, weights: str, config_name: str) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """(config, tensors) of an artifact written by save_artifact, or None when the folder has none."""
+    path = os.path.join(folder, config_name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        config = json.load(f)
+    return config, load_file(os.path.join(folder, weights))

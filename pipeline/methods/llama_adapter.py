@@ -25,17 +25,14 @@ the Scorer puts it on the model whenever a folder has one. A llama-adapter paren
 
 from __future__ import annotations
 
-import json
-import os
 from functools import partial
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaAttention, repeat_kv, rotate_half
 
-from pipeline.methods import Addition, Attached, Method, Option
+from pipeline.methods import Addition, Attached, Method, Option, load_artifact, save_artifact
 from pipeline.models.owl2 import MPLUGOwl2Attention
 
 WEIGHTS = "llama_adapter.safetensors"
@@ -145,9 +142,6 @@ class LlamaAdapter(Addition):
     # -- the artifact ------------------------------------------------------------------------------------------
 
     def save(self, folder: str) -> None:
-        os.makedirs(folder, exist_ok=True)
-        tensors = {"prompts": self.prompts, "gates": self.gates}
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, os.path.join(folder, WEIGHTS))
         config = {
             "method": "llama-adapter",
             "layers": self.layers,
@@ -159,18 +153,18 @@ class LlamaAdapter(Addition):
             "kv_projection": "the layer's own k_proj/v_proj (mPLUG-Owl2: the text branch, multiway.0)",
             "parameters": sum(p.numel() for p in self.parameters()),
         }
-        with open(os.path.join(folder, CONFIG), "w") as f:
-            json.dump(config, f, indent=2)
+        tensors = {"prompts": self.prompts.float(), "gates": self.gates.float()}
+        save_artifact(folder, WEIGHTS, tensors, CONFIG, config)
 
     @classmethod
     def load(cls, folder: str) -> LlamaAdapter | None:
         """The adapter saved in a local `folder`, or None when the folder has none."""
-        if not os.path.exists(os.path.join(folder, CONFIG)):
+        found = load_artifact(folder, WEIGHTS, CONFIG)
+        if found is None:
             return None
-        with open(os.path.join(folder, CONFIG)) as f:
-            config = json.load(f)
+        config, tensors = found
         adapter = cls(config["layers"], config["adapter_len"], config["hidden_size"], config["num_heads"])
-        adapter.load_state_dict(load_file(os.path.join(folder, WEIGHTS)))
+        adapter.load_state_dict(tensors)
         return adapter
 
 

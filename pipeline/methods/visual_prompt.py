@@ -13,15 +13,12 @@ A visual-prompt parent keeps its prompt training.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.methods import Addition, Attached, Method, Option
+from pipeline.methods import Addition, Attached, Method, Option, load_artifact, save_artifact
 
 WEIGHTS = "visual_prompt.safetensors"
 CONFIG = "visual_prompt.json"
@@ -80,10 +77,6 @@ class VisualPrompt(Addition):
         return {**inputs, "pixel_values": self(pixels.float()).to(pixels.dtype)}
 
     def save(self, folder: str, extra: dict | None = None) -> None:
-        os.makedirs(folder, exist_ok=True)
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, os.path.join(folder, WEIGHTS)
-        )
         config = {
             "kind": "padding",
             "mode": "add",
@@ -95,18 +88,17 @@ class VisualPrompt(Addition):
             "parameters": sum(p.numel() for p in self.parameters()),
             **(extra or {}),
         }
-        with open(os.path.join(folder, CONFIG), "w") as f:
-            json.dump(config, f, indent=2)
+        save_artifact(folder, WEIGHTS, self.state_dict(), CONFIG, config)
 
     @classmethod
     def load(cls, folder: str) -> VisualPrompt | None:
         """The prompt saved in a local `folder`, or None when the folder has none."""
-        if not os.path.exists(os.path.join(folder, CONFIG)):
+        found = load_artifact(folder, WEIGHTS, CONFIG)
+        if found is None:
             return None
-        with open(os.path.join(folder, CONFIG)) as f:
-            config = json.load(f)
+        config, tensors = found
         prompt = cls(config["side"], config["pixels"], config["mean"], config["std"])
-        prompt.load_state_dict(load_file(os.path.join(folder, WEIGHTS)))
+        prompt.load_state_dict(tensors)
         return prompt
 
 
