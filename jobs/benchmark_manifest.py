@@ -72,23 +72,32 @@ def run_json(code: str, *args: str) -> dict:
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # Ray's raylet may print its own warnings after ours: the result is the last JSON line.
+    return json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
 
 
 def bench_validation(workdir: Path, sizes: list[int], cpus: list[int]) -> None:
     print(f"validation ({ROWS_PER_SHARD:,} rows a shard, local disk; driver peak RSS = VmHWM of the driver process)")
-    first = {}
+    first, last = {}, {}
     for rows in sizes:
         manifest = synthetic_manifest(workdir / f"manifest-{rows}", rows)
         for c in cpus:
             r = run_json(VALIDATE, str(manifest), str(c))
             assert r["rows"] == rows, r
-            first.setdefault(c, r)
+            first.setdefault(c, {**r, "n": rows})
+            last[c] = {**r, "n": rows}
             growth = r["peak"] / first[c]["peak"]
             print(
                 f"  {rows:>11,} rows, {-(-rows // ROWS_PER_SHARD):>4} shards, {c} CPU(s): {r['seconds']:7.1f} s "
                 f"= {rows / r['seconds'] / 1e6:5.2f} M rows/s; driver peak RSS {r['peak'] / 1e6:6.0f} MB "
                 f"({growth:.2f}x the smallest size's)"
+            )
+    for c in cpus:  # the slope between the smallest and the largest size: the time the rows cost, start-up aside
+        extra_rows, extra_s = last[c]["n"] - first[c]["n"], last[c]["seconds"] - first[c]["seconds"]
+        if extra_rows:
+            print(
+                f"  {c} CPU(s): {extra_s / extra_rows * 1e6:.2f} s per extra million rows "
+                f"({extra_rows / extra_s / 1e6:.2f} M rows/s beyond start-up)"
             )
 
 

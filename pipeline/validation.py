@@ -62,18 +62,19 @@ class IdBucket:
 
 
 def _check_shard(
-    url: str, index: int, buckets: list, videos_allowed: bool, reserved: tuple[str, ...]
-) -> tuple[str, int, int]:
-    """One shard's checks, then its id hashes to the buckets. Returns (url, rows, index)."""
-    import ray
+    url: str, index: int, n_buckets: int, videos_allowed: bool, reserved: tuple[str, ...]
+) -> tuple:
+    """One shard's checks. Returns (url, rows, index), then its id hashes split into one array per bucket.
 
+    The task hands its hashes back rather than calling the buckets itself: a task blocked in ray.get lends its CPU
+    out, so Ray starts another worker process for the next shard, and on a small node that process churn cost more
+    than the checks (2 CPUs were slower than 1)."""
     shard, table = read_valid_shard(url, reserved)
     if not videos_allowed and pc.any(pc.equal(table.column("media_type"), "video")).as_py():
         raise SchemaError(url, "media_type", "videos are scored for quality only, not for this task")
     hashes = id_hashes(table.column("id").combine_chunks())
-    which = hashes % np.uint64(len(buckets))
-    ray.get([b.add.remote(index, hashes[which == i]) for i, b in enumerate(buckets) if (which == i).any()])
-    return url, shard.num_rows, index
+    which = hashes % np.uint64(n_buckets)
+    return ((url, shard.num_rows, index), *(hashes[which == i] for i in range(n_buckets)))
 
 
 def _ids_with_hashes(url: str, hashes: list[int]) -> list[str]:
@@ -86,7 +87,9 @@ def validate_manifest_shards(
     urls: list[str],
     videos_allowed: bool = True,
     reserved: tuple[str, ...] = (),
-    cpus_per_task: float = 0.25,  # reading shards is mostly I/O, as the scoring job's reads
+    # A shard's check is CPU work (Parquet decode, uniqueness, hashing): a whole CPU each. A quarter CPU each was
+    # 4x slower on 2 CPUs (10 M rows: 49 s vs 12 s), four worker processes a core contending.
+    cpus_per_task: float = 1.0,
     stall_s: float = 600.0,
     log=print,
 ) -> list[Shard]:
@@ -100,23 +103,32 @@ def validate_manifest_shards(
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     # Actors hold ids but need no CPU: num_cpus=0, so they can never starve the shard tasks.
     buckets = [ray.remote(num_cpus=0)(IdBucket).remote() for _ in range(max(1, min(cpus, len(urls))))]
-    check = ray.remote(_check_shard).options(num_cpus=cpus_per_task, max_retries=3)
+    check = ray.remote(_check_shard).options(num_cpus=cpus_per_task, max_retries=3, num_returns=1 + len(buckets))
     window = max(2, 2 * int(cpus / cpus_per_task))
     rows: dict[int, int] = {}
-    pending, todo = [], list(enumerate(urls))
+    pending: dict = {}  # a shard task's summary ref -> the refs of its hash parts (the driver never fetches those)
+    adding: list = []  # the buckets' add calls not yet done
+    todo = list(enumerate(urls))
     start = last_log = time.perf_counter()
     try:
         while todo or pending:
             while todo and len(pending) < window:
                 index, url = todo.pop(0)
-                pending.append(check.remote(url, index, buckets, videos_allowed, reserved))
-            done, pending = wait_or_fail(pending, stall_s, "manifest validation (shard checks)")
+                summary, *parts = check.remote(url, index, len(buckets), videos_allowed, reserved)
+                pending[summary] = parts
+            done, _ = wait_or_fail(list(pending), stall_s, "manifest validation (shard checks)")
             for ref in done:
                 _, n, index = _get(ref)
                 rows[index] = n
+                # The bucket actors fetch the hashes straight from the object store.
+                adding += [b.add.remote(index, part) for b, part in zip(buckets, pending.pop(ref))]
+            if len(adding) > window * len(buckets):
+                _, adding = wait_or_fail(adding, stall_s, "manifest validation (id buckets)", len(adding) // 2)
             if time.perf_counter() - last_log > 30:
                 last_log = time.perf_counter()
                 log(f"validating: {len(rows)}/{len(urls)} shards checked ({time.perf_counter() - start:.0f} s)")
+        while adding:
+            _, adding = wait_or_fail(adding, stall_s, "manifest validation (id buckets)", len(adding))
         _confirm_duplicates(urls, buckets, stall_s)
     finally:  # on a failure too: nothing of the check may linger on the cluster
         for ref in pending:

@@ -63,11 +63,11 @@ def stalled(stage: str, stall_s: float) -> StallError:
     )
 
 
-def wait_or_fail(refs: list, stall_s: float, stage: str) -> tuple[list, list]:
-    """ray.wait for at least one of `refs`, failing after `stall_s` without any."""
+def wait_or_fail(refs: list, stall_s: float, stage: str, num_returns: int = 1) -> tuple[list, list]:
+    """ray.wait for `num_returns` of `refs` (fewer when `stall_s` passes first), failing after `stall_s` without any."""
     import ray
 
-    done, pending = ray.wait(refs, num_returns=1, timeout=stall_s)
+    done, pending = ray.wait(refs, num_returns=num_returns, timeout=stall_s)
     if not done:
         raise stalled(stage, stall_s)
     return done, pending
