@@ -39,7 +39,7 @@ RAY = str(Path(sys.executable).with_name("ray"))
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """family -> folder of a tiny random model of that family, built once per session."""
     root = tmp_path_factory.mktemp("models")
-    families = ("llava", "idefics3", "owl2", "qwen3_5", "qwen3_vl", "qwen2_5_vl", "instructblip")
+    families = ("llava", "idefics3", "owl2", "qwen3_5", "qwen3_vl", "qwen2_5_vl", "llava_onevision", "instructblip")
     return {family: str(make_tiny_model(family, root / family)) for family in families}
 
 

@@ -10,8 +10,9 @@ from pipeline.levels import Levels
 from pipeline.media import Media, load_media
 from pipeline.scorer import Preprocessor, Scorer, level_token_ids, prompt_for
 
-# Qwen3.5 / Qwen3-VL / Qwen2.5-VL: variable image-token counts per image size (padding, image_grid_thw, mRoPE)
-FAMILIES = ["llava", "idefics3", "owl2", "qwen3_5", "qwen3_vl", "qwen2_5_vl"]
+# Qwen3.5 / Qwen3-VL / Qwen2.5-VL: variable image-token counts per image size (padding, image_grid_thw, mRoPE);
+# LLaVA-OneVision: a variable number of tiles per image (anyres)
+FAMILIES = ["llava", "idefics3", "owl2", "qwen3_5", "qwen3_vl", "qwen2_5_vl", "llava_onevision"]
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket"]
 
 
@@ -143,7 +144,7 @@ COLOUR = np.array([220, 40, 120])  # every channel different: a channels-first m
 
 # Families whose pixel_values are whole [3, S, S] images (Qwen's are flattened patches: the same channels_last
 # call, pipeline.models.qwen, but not readable back this way).
-@pytest.mark.parametrize("family", ["llava", "idefics3", "owl2"])
+@pytest.mark.parametrize("family", ["llava", "idefics3", "owl2", "llava_onevision"])
 @pytest.mark.parametrize("height, width", [(1, 9), (9, 1), (3, 9), (9, 3), (1, 1), (3, 3)])
 def test_thin_and_tiny_images_reach_the_model_in_their_true_colour(tiny_models, tmp_path, family, height, width):
     path = tmp_path / f"{height}x{width}.png"
@@ -184,6 +185,26 @@ def test_qwen_image_token_counts_follow_the_image_size(tiny_models, family):
     for item in items:
         n_tokens = int(item["image_grid_thw"].prod()) // 4  # 2x2 patches merge into one token
         assert (item["mm_token_type_ids"] == 1).sum() == n_tokens == len(item["pixel_values"]) // 4
+
+
+# (height, width) -> <image> tokens, by hand: a 32 px tile is 4x4 SigLIP patches; the image's best grid of tiles
+# (rows x cols) gives (4 rows)x(4 cols) features plus one newline per feature row, and the base tile adds 16.
+ONEVISION_TOKENS = {(32, 32): 16 + 4 + 16, (32, 64): 32 + 4 + 16, (64, 32): 32 + 8 + 16, (96, 96): 144 + 12 + 16}
+
+
+def test_onevision_tiles_and_image_tokens_follow_the_image_size(tiny_models):
+    from transformers.utils import is_torchvision_available
+
+    preprocessor = Preprocessor(tiny_models["llava_onevision"])
+    if not is_torchvision_available():  # here: the processor class without its video part
+        assert type(preprocessor.processor).__name__ == "ImagesOnly"
+    image_id = preprocessor.processor.tokenizer.convert_tokens_to_ids("<image>")
+    for (height, width), expected in ONEVISION_TOKENS.items():
+        frame = np.full((height, width, 3), 100, np.uint8)
+        media = Media(frames=[frame], media_type="image", fps=None, frame_indices=[0], num_source_frames=1)
+        assert (preprocessor(media)["input_ids"] == image_id).sum() == expected, (height, width)
+    # so the batch tests above pad images of different tile counts
+    assert len({preprocessor(photo_media(n))["pixel_values"].shape[1] for n in PHOTOS}) > 1
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ FAMILY_MODULES = {
     "qwen3_5": "qwen",
     "qwen3_vl": "qwen",
     "qwen2_5_vl": "qwen",
+    "llava_onevision": "onevision",
     "instructblip": "instructblip",
 }
 
@@ -58,6 +59,15 @@ def pad_stack(arrays: list[np.ndarray], value: float) -> np.ndarray:
     for i, a in enumerate(arrays):
         out[(i, *(slice(0, s) for s in a.shape))] = a
     return out
+
+
+def concat_padded(arrays: list[np.ndarray], value: float) -> np.ndarray:
+    """Concatenate along the first axis, padding every other axis at its end to the largest size."""
+    shape = np.max([a.shape[1:] for a in arrays], axis=0)
+    padded = [
+        np.pad(a, [(0, 0), *((0, s - n) for s, n in zip(shape, a.shape[1:]))], constant_values=value) for a in arrays
+    ]
+    return np.concatenate(padded)
 
 
 def last_real(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from pipeline.models import pad_stack, saved_chat_template
+from pipeline.models import concat_padded, pad_stack, saved_chat_template
 from pipeline.recipes import GENERIC, PromptRecipe
 
 VIDEO_ONE_SLOT = False  # a video's frames go in as that many images
@@ -89,7 +89,9 @@ def collate(items: list[dict], image_major: frozenset[str], pad_token_id: int) -
         if key in TEXT_KEYS:
             batch[key] = pad_stack(arrays, pad_token_id if key == "input_ids" else 0)
         elif key in image_major:
-            batch[key] = np.concatenate(arrays)
+            # LLaVA-OneVision cuts each image into its own number of tiles: padded with zero tiles, which the
+            # model drops (it counts each image's tiles from image_sizes)
+            batch[key] = concat_padded(arrays, 0)
         else:  # per-prompt arrays with a leading 1: padding images are all zeros, which the models skip
             batch[key] = pad_stack([a[0] for a in arrays], 0)
     return {k: torch.from_numpy(v) for k, v in batch.items()}

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerFast
 
 from pipeline.levels import DEFAULT_LEVELS
 
-FAMILIES = ("llava", "idefics3", "owl2", "qwen3_5", "qwen3_vl", "qwen2_5_vl", "instructblip")
+FAMILIES = ("llava", "idefics3", "owl2", "qwen3_5", "qwen3_vl", "qwen2_5_vl", "llava_onevision", "instructblip")
 
 SPECIAL = [
     "<pad>",
@@ -281,6 +281,73 @@ def _llava(tokenizer: PreTrainedTokenizerFast, vision: dict = VISION, text: dict
     return LlavaForConditionalGeneration(config), processor
 
 
+# Modelled on llava-hf/llava-onevision-qwen2-*-ov-hf: images, then videos, then the text of each turn
+ONEVISION_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }} "
+    "{% for c in m['content'] if c['type'] == 'image' %}<image>{% endfor %}"
+    "{% for c in m['content'] if c['type'] == 'video' %}<video>{% endfor %}"
+    "{% for c in m['content'] if c['type'] == 'text' %}\n{{ c['text'] }}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass
+class ProcessorFiles:
+    """Files of a processor that cannot be built here (its video processor needs torchvision), as it ships them."""
+
+    files: dict[str, str]
+
+    def save_pretrained(self, out: Path) -> None:
+        for name, text in self.files.items():
+            (out / name).write_text(text)
+
+
+def _llava_onevision(tokenizer: PreTrainedTokenizerFast):
+    """SigLIP + Qwen2 as the published OneVision checkpoints, at 32 px tiles; images of other shapes are cut into
+    more tiles (anyres), so their token counts differ as in the real model."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    tokenizer.add_tokens(["<image>", "<video>"], special_tokens=True)
+    tile = VISION["image_size"]
+    pinpoints = [[tile * h, tile * w] for h in (1, 2, 3) for w in (1, 2, 3)]
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(**VISION),
+        text_config=Qwen2Config(**_qwen_text(tokenizer)),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+        vision_aspect_ratio="anyres_max_9",
+    )
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": tile, "width": tile}, image_grid_pinpoints=pinpoints
+    )
+    processor_config = {
+        "processor_class": "LlavaOnevisionProcessor",
+        "image_token": "<image>",
+        "video_token": "<video>",
+        "num_image_tokens": (tile // VISION["patch_size"]) ** 2,  # SigLIP: no class token
+        "vision_feature_select_strategy": "full",
+        "vision_aspect_ratio": "anyres_max_9",
+    }
+    video = {"video_processor_type": "LlavaOnevisionVideoProcessor", "size": {"height": tile, "width": tile}}
+    files = ProcessorFiles(
+        {
+            "chat_template.jinja": ONEVISION_TEMPLATE,
+            "processor_config.json": json.dumps(processor_config, indent=2),
+            "video_preprocessor_config.json": json.dumps(video, indent=2),
+        }
+    )
+    return LlavaOnevisionForConditionalGeneration(config), (image_processor, tokenizer, files)
+
+
 def _idefics3(tokenizer: PreTrainedTokenizerFast, vision: dict = VISION, text: dict = TEXT):
     from transformers import (
         Idefics3Config,
@@ -384,10 +451,11 @@ def make_tiny_model(
         "qwen3_5": _qwen3_5,
         "qwen3_vl": _qwen3_vl,
         "qwen2_5_vl": _qwen2_5_vl,
+        "llava_onevision": _llava_onevision,
         "instructblip": _instructblip,
     }
     # each family builds its own tokenizer: Qwen's is byte-level, the others are LLaMA-like
-    own_tokenizer = {"qwen3_5": qwen_tokenizer, "qwen3_vl": qwen_tokenizer, "qwen2_5_vl": qwen_tokenizer}
+    own_tokenizer = {f: qwen_tokenizer for f in ("qwen3_5", "qwen3_vl", "qwen2_5_vl", "llava_onevision")}
     if family not in builders:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     out = Path(out_dir)
