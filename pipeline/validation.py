@@ -61,9 +61,7 @@ class IdBucket:
         return len(self.groups), self.groups[offset : offset + limit]
 
 
-def _check_shard(
-    url: str, index: int, n_buckets: int, videos_allowed: bool, reserved: tuple[str, ...]
-) -> tuple:
+def _check_shard(url: str, index: int, n_buckets: int, videos_allowed: bool, reserved: tuple[str, ...]) -> tuple:
     """One shard's checks. Returns (url, rows, index), then its id hashes split into one array per bucket.
 
     The task hands its hashes back rather than calling the buckets itself: a task blocked in ray.get lends its CPU

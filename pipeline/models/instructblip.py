@@ -15,16 +15,12 @@ import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from pipeline.models import hf
-from pipeline.models.hf import (  # noqa: F401  (the rest of the family interface is the native one)
-    VIDEO_ONE_SLOT,
-    collate,
-    image_major_keys,
-    load_model,
-    load_processor,
-    render_prompt,
-    tokenizer_of,
-)
 from pipeline.recipes import GENERIC, PromptRecipe
+
+
+def __getattr__(name: str):
+    """The rest of the family interface (collate, load_model, ...) is the native family's."""
+    return getattr(hf, name)
 
 
 def prepare(

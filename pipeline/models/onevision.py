@@ -17,19 +17,13 @@ from transformers import AutoImageProcessor, AutoTokenizer, LlavaOnevisionProces
 from transformers.utils import cached_file, is_torchvision_available
 
 from pipeline.models import hf, saved_chat_template
-from pipeline.models.hf import (  # noqa: F401  (the rest of the family interface is the native one)
-    TEXT_KEYS,
-    VIDEO_ONE_SLOT,
-    collate,
-    hidden_states,
-    image_major_keys,
-    load_model,
-    prepare,
-    render_prompt,
-    tokenizer_of,
-)
 
 SETTINGS = ("num_image_tokens", "vision_feature_select_strategy", "vision_aspect_ratio", "image_token", "video_token")
+
+
+def __getattr__(name: str):
+    """The rest of the family interface (collate, load_model, ...) is the native family's."""
+    return getattr(hf, name)
 
 
 class ImagesOnly(LlavaOnevisionProcessor):

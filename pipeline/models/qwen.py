@@ -24,19 +24,13 @@ from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
 from transformers.utils import is_torchvision_available
 
 from pipeline.models import hf, saved_chat_template
-from pipeline.models.hf import (  # noqa: F401  (the rest of the family interface is the native one)
-    TEXT_KEYS,
-    VIDEO_ONE_SLOT,
-    collate,
-    hidden_states,
-    image_major_keys,
-    load_model,
-    prepare,
-    render_prompt,
-    tokenizer_of,
-)
 
 IMAGE_TOKEN = "<|image_pad|>"
+
+
+def __getattr__(name: str):
+    """The rest of the family interface (collate, load_model, ...) is the native family's."""
+    return getattr(hf, name)
 
 
 @dataclass
