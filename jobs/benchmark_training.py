@@ -34,6 +34,14 @@ from pipeline.training import Recipe, Scaling
 VISION = {"patch_size": 4}
 
 
+# Each adapter round: its learning rate and options.
+ADAPTER_ROUNDS = {
+    "lora": (2e-3, {"lora_r": 16}),
+    "visual-prompt": (1e-2, {"prompt_pixels": 4}),
+    "llama-adapter": (1e-2, {"adapter_len": 10, "adapter_layers": 2}),
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", help="where the set, the model and the registry go (default: a temporary folder)")
@@ -57,6 +65,33 @@ def figures(name: str, metrics: dict) -> str:
         f"(n={train['after']['n']}); held-out SRCC {held['before']['srcc']:.3f} -> {held['after']['srcc']:.3f}, "
         f"PLCC {held['before']['plcc']:.3f} -> {held['after']['plcc']:.3f} (n={held['after']['n']})"
     )
+
+
+def adapter_round(
+    config: RetrainConfig, workdir: str, batch: int, method: str, lr: float, options: dict, epochs: int
+) -> dict:
+    """Fold label batch `batch` (new items, built here) into a copy of the promoted entry with `method`; print and
+    return the round's metrics."""
+    more = build_learning_set(os.path.join(workdir, f"media-{batch}"), train_sides=(128,), seed=batch)
+    more = [{**r, "id": f"b{batch}-{r['id']}"} for r in more if r["split"] == "train"]
+    labels = config.labels  # the folder of label batches
+    write_label_shard(more, os.path.join(labels, f"batch-000{batch}", "part-00000.parquet"))
+    name = f"{config.name}-{method}"
+    target = registry.entry_url(config.registry, name)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(registry.entry_url(config.registry, config.name), target)
+    shards = os.path.join(labels, f"batch-000[1{batch}]", "part-*.parquet")  # the first batch and its own
+    recipe = Recipe(method=method, epochs=epochs, lr=lr, batch_size=32, crop=32, hflip=True, views=16, options=options)
+    result = retrain(RetrainConfig(shards, config.base_model, config.registry, name, recipe, config.scaling))
+    losses = ", ".join(f"{e['loss']:.4f}" for e in result.metrics["training"])
+    train, held = result.metrics["train"], result.metrics["held_out"]
+    print(
+        f"  {method} ({result.version}, {result.status}): training loss per epoch {losses}; training-item "
+        f"SRCC {train['before']['srcc']:.3f} -> {train['after']['srcc']:.3f}; held-out SRCC "
+        f"{held['before']['srcc']:.3f} -> {held['after']['srcc']:.3f}",
+        flush=True,
+    )
+    return result.metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,42 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'PASS' if ok else 'FAIL'} {text}", flush=True)
 
     if args.adapters:
-        entry = registry.entry_url(config.registry, config.name)
         # Side by side: each round folds its own new batch into the same promoted version, in a copy of the entry
         # (one round's promoted visual prompt would otherwise be the next round's parent, which only a visual
         # prompt can train further).
-        print(f"adapters on top of {registry.current_version(entry)}, one new label batch each:", flush=True)
-        rounds = (
-            (2, "lora", 2e-3, {"lora_r": 16}),
-            (3, "visual-prompt", 1e-2, {"prompt_pixels": 4}),
-            (4, "llama-adapter", 1e-2, {"adapter_len": 10, "adapter_layers": 2}),
+        print(
+            f"adapters on top of {registry.current_version(registry.entry_url(config.registry, config.name))}, "
+            "one new label batch each:",
+            flush=True,
         )
-        for batch, method, lr, options in rounds:
-            more = build_learning_set(os.path.join(workdir, f"media-{batch}"), train_sides=(128,), seed=batch)
-            more = [{**r, "id": f"b{batch}-{r['id']}"} for r in more if r["split"] == "train"]
-            write_label_shard(more, os.path.join(labels, f"batch-000{batch}", "part-00000.parquet"))
-            name = f"{config.name}-{method}"
-            shutil.copytree(entry, registry.entry_url(config.registry, name))
-            shards = os.path.join(labels, f"batch-000[1{batch}]", "part-*.parquet")  # the first batch and its own
-            adapter = Recipe(
-                method=method,
-                epochs=args.adapter_epochs,
-                lr=lr,
-                batch_size=32,
-                crop=32,
-                hflip=True,
-                views=16,
-                options=options,
-            )
-            result = retrain(RetrainConfig(shards, base, config.registry, name, adapter, scaling))
-            losses = ", ".join(f"{e['loss']:.4f}" for e in result.metrics["training"])
-            train, held = result.metrics["train"], result.metrics["held_out"]
-            print(
-                f"  {method} ({result.version}, {result.status}): training loss per epoch {losses}; training-item "
-                f"SRCC {train['before']['srcc']:.3f} -> {train['after']['srcc']:.3f}; held-out SRCC "
-                f"{held['before']['srcc']:.3f} -> {held['after']['srcc']:.3f}",
-                flush=True,
-            )
+        for batch, (method, (lr, options)) in enumerate(ADAPTER_ROUNDS.items(), start=2):
+            adapter_round(config, workdir, batch, method, lr, options, args.adapter_epochs)
     return 0 if all(checks.values()) else 1
 
 
