@@ -21,8 +21,8 @@ import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from transformers.utils import logging as hf_logging
 
+from pipeline.console import console, session
 from pipeline.corpus import build_sample_corpus
 from pipeline.job import JobConfig, run
 from pipeline.models.tiny import make_tiny_model
@@ -31,61 +31,64 @@ from pipeline.retrain import demo_retrain
 from pipeline.shards import write_manifest
 
 BANNER = "=" * 100
+say = console.say  # print() would go to the log file: the demo runs quiet, like the jobs
 
 
 def print_scores(scores: str) -> None:
     table = pq.read_table(scores).to_pandas().sort_values("id")
     levels = [c for c in table.columns if c.startswith("p_")]
     table["argmax"] = table[levels].fillna(-1.0).idxmax(axis=1).str.removeprefix("p_")  # error rows: no level
-    print(f"{'id':34s} {'type':5s} {'mos':>4s} {'score':>6s} {'argmax':>9s} {'frames':>6s}  error")
+    say(f"{'id':34s} {'type':5s} {'mos':>4s} {'score':>6s} {'argmax':>9s} {'frames':>6s}  error")
     for row in table.itertuples():
         failed = isinstance(row.error, str)  # pandas shows a null error as NaN
         score, level, frames = ("", "", "") if failed else (f"{row.score:6.4f}", row.argmax, f"{int(row.frames)}")
         error = row.error[:60] if failed else ""
-        print(f"{row.id:34s} {row.media_type:5s} {row.mos:4.1f} {score:>6s} {level:>9s} {frames:>6s}  {error}")
+        say(f"{row.id:34s} {row.media_type:5s} {row.mos:4.1f} {score:>6s} {level:>9s} {frames:>6s}  {error}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out", help="folder for everything the demo writes (replaced)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and transformers' output too")
     args = p.parse_args()
-    hf_logging.disable_progress_bar()
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    with session("demo", str(out), args.verbose):
+        story(out)
 
-    print(f"{BANNER}\n1. sample corpus: real photographs at 5 distortion levels + real mp4 videos\n{BANNER}")
+
+def story(out: Path) -> None:
+
+    say(f"{BANNER}\n1. sample corpus: real photographs at 5 distortion levels + real mp4 videos\n{BANNER}")
     rows = build_sample_corpus(str(out / "corpus"))
     rows.append({**rows[0], "id": "missing-file", "uri": str(out / "corpus" / "no-such-file.jpg")})  # a bad item
     manifest = str(out / "manifests" / "sample")
     write_manifest(rows, manifest, num_shards=3)
-    print(f"{len(rows)} items ({sum(r['media_type'] == 'video' for r in rows)} videos) -> {manifest}/part-*.parquet")
+    say(f"{len(rows)} items ({sum(r['media_type'] == 'video' for r in rows)} videos) -> {manifest}/part-*.parquet")
 
-    print(f"{BANNER}\n2. retrain a tiny random mPLUG-Owl2 (Q-Align architecture) on the synthetic MOS\n{BANNER}")
+    say(f"{BANNER}\n2. retrain a tiny random mPLUG-Owl2 (Q-Align architecture) on the synthetic MOS\n{BANNER}")
     base = str(make_tiny_model("owl2", out / "models" / "tiny-owl2"))
     trained = demo_retrain([r for r in rows if r["id"] != "missing-file"], str(out / "retrain"), base)
-    outcome, srcc = trained["outcome"], trained["srcc"]
-    print(f"{trained['entry']}: wrote {outcome.version}; {outcome.status.replace('_', ' ')}: {outcome.message}")
-    print("SRCC: rank correlation of the model's scores with the synthetic MOS (1 same order, 0 unrelated).")
-    print(f"  training items ({trained['n_train']}): {srcc['train'][0]:+.3f} -> {srcc['train'][1]:+.3f}")
-    print("      how well the short run fit what it saw")
-    print(f"  held-out items ({trained['n_held_out']}, photographs never trained on: {trained['held_out_photos']}):")
-    print(f"      {srcc['held_out'][0]:+.3f} -> {srcc['held_out'][1]:+.3f}  whether it learned quality rather than")
-    print("      the pictures; promotion looks at this figure alone")
-    print("A from-scratch tiny model trained for a minute on two dozen images learns little, so promotion is usually")
-    print("refused here. jobs/benchmark_training.py measures real learning on a larger synthetic set (README).")
+    outcome = trained["outcome"]
+    say("SRCC: rank correlation of the model's scores with the synthetic MOS (1 same order, 0 unrelated): on the")
+    say("training items, how well the short run fit what it saw; on the held-out items (photographs never trained")
+    say(f"on: {', '.join(trained['held_out_photos'])}), whether it learned quality rather than the pictures.")
+    say("Promotion looks at held-out SRCC alone. A from-scratch tiny model trained for a minute on two dozen images")
+    say("learns little, so promotion is usually refused here; jobs/benchmark_training.py measures real learning.")
 
     how = "the registry entry (its CURRENT)" if outcome.status == "promoted" else "the new version, by its path"
-    print(f"{BANNER}\n3. score the corpus on local Ray with {how}\n{BANNER}")
+    say(f"{BANNER}\n3. score the corpus on local Ray with {how}\n{BANNER}")
     scores = str(out / "scores" / "sample-owl2")
     run(JobConfig(manifest=manifest, output=scores, model=trained["model"], batch_size=8, max_error_rate=0.2))
     print_scores(scores)
-    print("NOTE: a tiny model trained for a minute on two dozen images: its scores mean nothing. They show that every")
-    print("item went through the real pipeline (decode, preprocess, one forward pass, level probabilities, commit).")
+    say("NOTE: a tiny model trained for a minute on two dozen images: its scores mean nothing. They show that every")
+    say("item went through the real pipeline (decode, preprocess, one forward pass, level probabilities, commit).")
 
-    print(f"{BANNER}\n4. filter the corpus by score and write the report\n{BANNER}")
+    say(f"{BANNER}\n4. filter the corpus by score and write the report\n{BANNER}")
     report = demo_tail(manifest, scores, str(out / "curated"))
-    print(f"filtered manifest: {out / 'curated' / 'filtered'}")
-    print(f"report: open file://{report}")
+    say(f"filtered manifest: {out / 'curated' / 'filtered'}")
+    say(f"report: open file://{report}")
 
 
 if __name__ == "__main__":

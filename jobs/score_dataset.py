@@ -1,76 +1,17 @@
-"""Score a corpus with a Q-Align-style scorer on Ray, one output shard per manifest shard, resumable.
+"""Score a corpus on Ray, one output shard per manifest shard, resumable.
 
     ray job submit --working-dir . -- python jobs/score_dataset.py \\
         --manifest s3://bucket/manifests/ds --output s3://bucket/scores/run1 --model s3://bucket/models/qalign
 
-With RAY_ADDRESS set (as `ray job submit` does) it joins that cluster; without, it starts a local Ray.
-Exit status: 0 done, 1 failed (bad manifest, error rate over the limit, refused to mix models), 2 bad arguments.
+`qcurate score` as a script (for `ray job submit`): pipeline/cli/, whose -h lists the options.
 """
 
-import argparse
 import sys
+from functools import partial
 
-from pipeline.job import JobConfig, JobError, run
-from pipeline.recipes import RECIPES
-from pipeline.watchdog import DEFAULT_STALL_S, StallError
-from schemas import SchemaError
+from pipeline import cli
 
-
-def parse_args(argv: list[str] | None = None) -> JobConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", required=True, help="folder (or glob) of manifest Parquet shards, any fsspec URL")
-    p.add_argument("--output", required=True, help="output folder for score shards, any fsspec URL")
-    p.add_argument("--model", required=True, help="model folder, hub id, or registry entry (folder with CURRENT)")
-    p.add_argument(
-        "--model-revision",
-        help="hub id: branch, tag, commit or refs/pr/N (default main); registry entry: version (default CURRENT)",
-    )
-    p.add_argument("--task", choices=["quality", "aesthetics"], default="quality")
-    p.add_argument(
-        "--prompt-recipe",
-        choices=sorted(RECIPES),
-        help="how to prompt the model (default: the checkpoint's own, from its qcurate.json or model_type)",
-    )
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--num-scorers", type=int, help="scorer actors (default: one per GPU, 1 without GPUs)")
-    p.add_argument("--gpus-per-scorer", type=float, default=1.0)
-    p.add_argument("--fps", type=float, default=1.0, help="video frames sampled per second")
-    p.add_argument("--max-frames", type=int, default=16, help="frame cap per video (uniform subsampling)")
-    p.add_argument("--max-error-rate", type=float, default=0.05, help="fail the job above this fraction of errors")
-    p.add_argument("--restart", action="store_true", help="delete an existing output and start over")
-    p.add_argument(
-        "--stall-timeout", type=float, default=DEFAULT_STALL_S, help="fail when no stage progresses this long (s)"
-    )
-    a = p.parse_args(argv)
-    if a.batch_size < 1 or a.max_frames < 1 or a.fps <= 0 or not 0 <= a.max_error_rate <= 1:
-        p.error("--batch-size and --max-frames must be >= 1, --fps > 0, --max-error-rate in [0, 1]")
-    return JobConfig(
-        manifest=a.manifest,
-        output=a.output,
-        model=a.model,
-        task=a.task,
-        batch_size=a.batch_size,
-        num_scorers=a.num_scorers,
-        gpus_per_scorer=a.gpus_per_scorer,
-        fps=a.fps,
-        max_frames=a.max_frames,
-        max_error_rate=a.max_error_rate,
-        restart=a.restart,
-        model_revision=a.model_revision,
-        stall_timeout_s=a.stall_timeout,
-        prompt_recipe=a.prompt_recipe,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    try:
-        run(config)
-    except (JobError, SchemaError, FileNotFoundError, StallError) as e:
-        print(f"score_dataset: FAILED: {e}", file=sys.stderr, flush=True)
-        return 1
-    return 0
-
+main = partial(cli.main, "score", prog="score_dataset")
 
 if __name__ == "__main__":
     sys.exit(main())

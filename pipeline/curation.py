@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import store
+from pipeline.console import console
 
 # pipeline.shards and schemas are imported where used, by the driver only: they pull in torch (through the levels),
 # which the Ray workers that filter shards never need, and each worker would pay seconds to import it.
@@ -402,7 +403,7 @@ def _plan(cfg: FilterConfig) -> tuple[list[dict], pa.Schema]:
     return items, schema
 
 
-def run_filter(cfg: FilterConfig, log=print) -> dict:
+def run_filter(cfg: FilterConfig, log=console.say) -> dict:
     """Filter every manifest shard; write the kept rows and `_filter.json`. Returns the summary (the JSON)."""
     import ray
 
@@ -418,6 +419,16 @@ def run_filter(cfg: FilterConfig, log=print) -> dict:
         sample = store.read_parquet(next(i["scores"] for i in items if i["scores"]), columns=where_columns)
         evaluate(cfg.where, sample.slice(0, 10_000).to_pandas(), "the first score shard")
     _prepare_output(cfg)
+    rules = [
+        f"score >= {cfg.min_score:g}" if cfg.min_score is not None else "",
+        f"score <= {cfg.max_score:g}" if cfg.max_score is not None else "",
+        f"where {cfg.where!r}" if cfg.where else "",
+        "" if cfg.keep_errors else "no errors",
+    ]
+    log(
+        f"filter: {len(items)} shard(s) of {cfg.manifest} by the scores in {cfg.scores} "
+        f"({', '.join(r for r in rules if r) or 'everything'}) -> {cfg.output}"
+    )
 
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -25,8 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import checkpoint, recipes, registry, store
+from pipeline.console import console
 from pipeline.levels import DEFAULT_LEVELS, Levels
 from pipeline.media import MediaError, MediaOptions, load_media
+from pipeline.progress import ScoringProgress
 from pipeline.scorer import Preprocessor, Scorer
 from pipeline.shards import Output, Shard, manifest_listing, read_shard
 from pipeline.validation import validate_manifest_shards
@@ -183,7 +185,7 @@ def check_previous_run(output: Output, run: dict, restart: bool) -> None:
 MANIFEST_FILE = "_manifest.json"
 
 
-def checked_manifest(config: JobConfig, output: Output, log=print) -> list[Shard]:
+def checked_manifest(config: JobConfig, output: Output, log=console.say) -> list[Shard]:
     """The manifest's shards, validated on the cluster; a rerun over an unchanged manifest (same shard names, sizes
     and ETags or mtimes, from one listing) reuses the last validation. A shard rewritten after it was committed is
     refused: its committed scores would no longer match it."""
@@ -233,7 +235,7 @@ def init_ray() -> float:
     return time.perf_counter() - start
 
 
-def run(config: JobConfig, log=print) -> dict:
+def run(config: JobConfig, log=console.say) -> dict:
     """Score every uncommitted shard of the manifest. Returns the run summary (also written to _run.json)."""
 
     t0 = time.perf_counter()
@@ -255,6 +257,10 @@ def run(config: JobConfig, log=print) -> dict:
         "args": {k: v for k, v in asdict(config).items() if k != "levels"},
     }
     check_previous_run(output, run_info, config.restart)
+    log(
+        f"score: {config.manifest} -> {config.output} with {config.model} ({ref.revision}; "
+        f"recipe {recipe.name}, task {config.task})"
+    )
 
     ray_start_s = init_ray()
     shards = checked_manifest(config, output, log)  # a bad manifest fails here, before any scoring
@@ -396,12 +402,15 @@ def _score(
     parts: dict[str, list[pa.Table]] = defaultdict(list)
     seen: Counter = Counter()
     counts: Counter = Counter()
-    last_log = t0 = time.perf_counter()
+    t0 = time.perf_counter()
     t_first, rows_first = None, 0
     max_partial = 0
+    terminal = console.stdout if console.is_terminal() else None
+    progress = ScoringProgress(sum(s.num_rows for s in pending), len(pending), log, terminal, config.progress_every_s)
     for block in watch(ds.iter_batches(batch_size=None, batch_format="pyarrow"), config.stall_timeout_s, "scoring"):
         if t_first is None:
             t_first, rows_first = time.perf_counter(), block.num_rows
+        errors = Counter(error_kind(e) for e in block.column("error").to_pylist() if e)
         for path in pc.unique(block.column("path")).to_pylist():
             part = block.filter(pc.equal(block.column("path"), path)).drop_columns(["path"])
             shard = by_path[path]
@@ -410,13 +419,8 @@ def _score(
             if seen[shard.name] == shard.num_rows:
                 counts += _commit(shard, parts.pop(shard.name), config, ref, output)
         max_partial = max(max_partial, len(parts))
-        if time.perf_counter() - last_log > config.progress_every_s:
-            last_log = time.perf_counter()
-            done = sum(seen.values())
-            log(
-                f"progress: {done} rows ({done / (last_log - t0):.1f} rows/s), {counts['shards']} shards "
-                f"committed, {counts['errors']} errors so far"
-            )
+        progress.update(block.num_rows, errors, counts["shards"])
+    progress.close()
     short = _short_shards(pending, seen)
     timing = {}
     if t_first is not None:  # no rows at all: nothing to time

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import checkpoint, store
+from pipeline.console import console
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def remove_run(entry: str, run_id: str) -> None:
 
 
 def import_checkpoint(
-    source: str, registry: str, name: str, revision: str | None = None, promote: bool = False, log=print
+    source: str, registry: str, name: str, revision: str | None = None, promote: bool = False, log=console.say
 ) -> tuple[str, dict]:
     """Write a published checkpoint (hub id, or a folder: local or any fsspec URL) as a new immutable safetensors
     version of `<registry>/<name>`; `.bin` weights are converted safely on the way (pipeline.checkpoint), remote

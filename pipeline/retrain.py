@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import methods, recipes, registry, store
+from pipeline.console import console, relayed, skipped_summary
 from pipeline.evaluation import evaluate_on_ray
 from pipeline.shards import check_ids_across_shards, list_shards, unreadable
 from pipeline.synthetic import write_label_shard
@@ -122,7 +123,7 @@ _STARTED = time.time()
 
 
 def log(message: str) -> None:
-    print(f"retrain: [{time.time() - _STARTED:6.1f}s] {message}", flush=True)
+    console.say(f"retrain: [{time.time() - _STARTED:6.1f}s] {message}")
 
 
 def plan_run(config: RetrainConfig) -> Plan:
@@ -225,6 +226,8 @@ def _cluster_size() -> tuple[float, float, float]:
 
 def retrain(config: RetrainConfig) -> Outcome:
     """The whole job. Idempotent: with no new label shards (or a run that already finished) it does nothing."""
+    import ray
+
     plan = plan_run(config)
     log(plan.message)
     if plan.run_id is None:
@@ -251,11 +254,13 @@ def retrain(config: RetrainConfig) -> Outcome:
 
     log(f"training ({recipe.method}, {recipe.epochs} epoch(s), {scaling.num_workers} worker(s)) as {plan.run_id}")
     runs = registry.runs_url(plan.entry)
-    result = watched(
-        lambda: fit(recipe, scaling, plan.parent["path"], plan.train_urls, len(train_rows), runs, plan.run_id),
-        stall,
-        "training",
-    )
+    with relayed(log) as relay:  # rank 0's epoch lines, and the items skipped for bad media
+        args = (recipe, scaling, plan.parent["path"], plan.train_urls, len(train_rows), runs, plan.run_id, relay)
+        result = watched(lambda: fit(*args), stall, "training")
+        skipped = ray.get(relay.skipped_items.remote())
+    if skipped_summary(skipped):
+        log(skipped_summary(skipped))
+        console.to_log("\n".join(f"  skipped {item}: {error}" for item, error in sorted(skipped.items())))
     history = result.metrics.get("history", [])
     resumed = int(result.metrics.get("start_epoch", 0))
     if resumed:
@@ -322,9 +327,32 @@ def retrain(config: RetrainConfig) -> Outcome:
     if promotion["promoted"]:
         registry.set_current(plan.entry, version)
     registry.remove_run(plan.entry, plan.run_id)
-    log(("promoted: " if promotion["promoted"] else "not promoted: ") + promotion["reason"])
+    console.say(evaluation_table(metrics))
+    log(decision(version, promotion))
     status = "promoted" if promotion["promoted"] else "not_promoted"
     return Outcome(status, promotion["reason"], version, version_url, metrics)
+
+
+def evaluation_table(metrics: dict) -> str:
+    """SRCC and PLCC before and after training, on the training sample and on the held-out items."""
+
+    def cell(m: dict | None, key: str) -> str:
+        return f"{m[key]:+.4f}" if m and m.get("n") and m.get(key) == m.get(key) else "    n/a"
+
+    lines = [f"{'':22s} {'SRCC before':>11s} {'after':>8s}   {'PLCC before':>11s} {'after':>8s}"]
+    for name, split in (("training", "train"), ("held-out", "held_out")):
+        before, after = metrics[split].get("before"), metrics[split].get("after")
+        n = (after or before or {}).get("n", 0)
+        row = f"{name + f' ({n})':22s} {cell(before, 'srcc'):>11s} {cell(after, 'srcc'):>8s}"
+        lines.append(f"{row}   {cell(before, 'plcc'):>11s} {cell(after, 'plcc'):>8s}")
+    return "\n".join(lines)
+
+
+def decision(version: str, promotion: dict) -> str:
+    """The promotion decision in one sentence."""
+    if promotion["promoted"]:
+        return f"{version} promoted to CURRENT: {promotion['reason']}."
+    return f"{version} not promoted (CURRENT unchanged): {promotion['reason']}."
 
 
 def decide(after: dict, reference: dict, compared_with: str, plan: Plan, current_now: str | None) -> dict:
@@ -356,7 +384,7 @@ def demo_retrain(corpus_rows: list[dict], workdir: str, base_model: str) -> dict
     """Teach `base_model` the sample corpus's synthetic MOS in a short run on local Ray; promote it only if better.
 
     The last third of the photographs (with their videos) is held out whole. Returns the registry entry, the model to
-    score with, the outcome, and SRCC before and after on training and held-out items.
+    score with, the outcome and the held-out photographs (retrain() prints SRCC before and after).
     """
     # Corpus order: photographs get the distortion kinds in turn, so the held-out ones carry kinds that training also
     # shows (on other content).
@@ -383,17 +411,10 @@ def demo_retrain(corpus_rows: list[dict], workdir: str, base_model: str) -> dict
     config = RetrainConfig(labels, base_model, store.join(workdir, "registry"), "demo", recipe, scaling)
     outcome = retrain(config)
     entry = registry.entry_url(config.registry, config.name)
-    held, train = outcome.metrics["held_out"], outcome.metrics["train"]
     return {
         "entry": entry,
         # Score with the entry (its CURRENT) when promoted; else with the new version by path, to show it at work.
         "model": entry if outcome.status == "promoted" else outcome.version_url,
         "outcome": outcome,
         "held_out_photos": held_out,
-        "n_train": sum(r["split"] == "train" for r in rows),
-        "n_held_out": sum(r["split"] == "eval" for r in rows),
-        "srcc": {
-            "train": (train["before"]["srcc"], train["after"]["srcc"]),
-            "held_out": (held["before"]["srcc"], held["after"]["srcc"]),
-        },
     }

@@ -142,7 +142,11 @@ class ExampleBuilder:
         digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
         return np.random.default_rng([self.seed, epoch, digest])
 
-    def __call__(self, batch: dict[str, np.ndarray], epoch: int = 0) -> dict[str, np.ndarray]:
+    def __call__(
+        self, batch: dict[str, np.ndarray], epoch: int = 0, skipped: list[tuple[str, str]] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The examples of a block; items whose media cannot be loaded go to `skipped` (id, error) when given,
+        else to stderr."""
         out = []
         stds = batch.get("mos_std", [None] * len(batch["id"]))
         for i, item_id in enumerate(batch["id"]):
@@ -151,7 +155,10 @@ class ExampleBuilder:
             try:
                 media = load_media(batch["uri"][i], batch["media_type"][i], self.options)
             except MediaError as e:
-                print(f"training: skipping {item_id}: {e}", file=sys.stderr, flush=True)
+                if skipped is None:
+                    print(f"training: skipping {item_id}: {e}", file=sys.stderr, flush=True)
+                else:
+                    skipped.append((str(item_id), str(e)))
                 continue
             task, media_type = batch["task"][i], batch["media_type"][i]
             std = None if stds[i] is None or not np.isfinite(stds[i]) else float(stds[i])
@@ -198,12 +205,19 @@ def _cached_builder(
     return ExampleBuilder(model_path, soft_labels, crop, hflip, views, seed=seed)
 
 
-def build_examples(batch: dict[str, np.ndarray], clock: Any, **builder_args: Any) -> dict[str, np.ndarray]:
+def build_examples(
+    batch: dict[str, np.ndarray], clock: Any, console: Any = None, **builder_args: Any
+) -> dict[str, np.ndarray]:
     """Ray Data task form of ExampleBuilder: Ray reuses worker processes, so each keeps its builder (processor)
-    across tasks and epochs, where an actor pool would start new actors for every epoch's pass."""
+    across tasks and epochs, where an actor pool would start new actors for every epoch's pass. Skipped items go to
+    the `console` relay (pipeline.console.Relay), which counts each once however many epochs meet it."""
     import ray
 
-    return _cached_builder(**builder_args)(batch, ray.get(clock.get.remote()))
+    skipped: list[tuple[str, str]] | None = [] if console is not None else None
+    out = _cached_builder(**builder_args)(batch, ray.get(clock.get.remote()), skipped)
+    if skipped:
+        ray.get(console.skip.remote(skipped))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -335,12 +349,16 @@ def train_loop_per_worker(config: dict) -> None:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model = family.load_model(parent, torch.float32, "cpu")
     trainable = setup_method(model, family, processor, level_ids, recipe, parent)
-    if rank == 0:
-        total = sum(p.numel() for p in trainable.objective.parameters())
-        print(
-            f"training: {recipe.method}: {trainable.trainable_parameters():,} trainable parameters of {total:,}",
-            flush=True,
-        )
+    console = config.get("console")
+
+    def say(line: str) -> None:  # rank 0's lines for the user, through the driver (pipeline.console.Relay)
+        if rank == 0:
+            print(line, flush=True)  # the worker's own log
+            if console is not None:
+                ray.get(console.say.remote(line))
+
+    total = sum(p.numel() for p in trainable.objective.parameters())
+    say(f"training: {recipe.method}: {trainable.trainable_parameters():,} trainable parameters of {total:,}")
     objective = ray.train.torch.prepare_model(
         trainable.objective, parallel_strategy_kwargs={"find_unused_parameters": True}
     )
@@ -405,7 +423,10 @@ def train_loop_per_worker(config: dict) -> None:
                 "attempt_began_at": start_epoch,  # the epoch this worker group (re)started at: resumes show here
             }
         )
-        metrics = {**history[-1], "start_epoch": start_epoch, "history": list(history)}
+        say(epoch_line(history, recipe.epochs, start_epoch))
+        # The whole history only in the last report: a report is kept (and printed by Ray Train) every epoch.
+        last = epoch == recipe.epochs - 1
+        metrics = {**history[-1], "start_epoch": start_epoch, **({"history": list(history)} if last else {})}
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 state = {
@@ -424,6 +445,22 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
             else:
                 ray.train.report(metrics)
+
+
+def epoch_line(history: list[dict], epochs: int, start_epoch: int) -> str:
+    """`epoch 3/10: loss 1.2345, level accuracy 41.2%, 52.1 examples/s, ETA 1m10s`: the ETA from the mean time of
+    this attempt's epochs (a resumed run's earlier epochs ran elsewhere)."""
+    from pipeline.console import duration
+
+    entry = history[-1]
+    ran = [h["seconds"] for h in history if h["epoch"] >= start_epoch]
+    left = epochs - 1 - entry["epoch"]
+    rate = entry["examples"] / entry["seconds"] if entry["seconds"] else float("nan")
+    eta = f", ETA {duration(left * sum(ran) / len(ran))}" if left else ""
+    return (
+        f"epoch {entry['epoch'] + 1}/{epochs}: loss {entry['loss']:.4f}, level accuracy "
+        f"{entry['level_accuracy']:.1%}, {rate:.1f} examples/s{eta}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -464,10 +501,20 @@ def _storage(url: str) -> tuple[str, Any]:
     return path, None
 
 
-def fit(recipe: Recipe, scaling: Scaling, parent: str, label_urls: list[str], n_train: int, runs_url: str, run_id: str):
+def fit(
+    recipe: Recipe,
+    scaling: Scaling,
+    parent: str,
+    label_urls: list[str],
+    n_train: int,
+    runs_url: str,
+    run_id: str,
+    console: Any = None,
+):
     """Train `parent` (a model folder or URL) on the training rows of the label shards with Ray Train.
 
     Checkpoints go to `<runs_url>/<run_id>/`; a rerun with the same run id resumes from the last one there.
+    `console`: a pipeline.console.Relay actor for rank 0's lines and the skipped items (None: printed in place).
     Returns Ray Train's Result: its last checkpoint holds the exported artifact (EXPORT_DIR).
     """
     import ray
@@ -480,6 +527,7 @@ def fit(recipe: Recipe, scaling: Scaling, parent: str, label_urls: list[str], n_
         build_examples,
         fn_kwargs={
             "clock": clock,
+            "console": console,
             "model_path": parent,
             "soft_labels": recipe.soft_labels,
             "crop": recipe.crop,
@@ -502,6 +550,7 @@ def fit(recipe: Recipe, scaling: Scaling, parent: str, label_urls: list[str], n_
             "n_train": n_train,
             "cpus_per_worker": scaling.cpus_per_worker,
             "clock": clock,
+            "console": console,
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import store
+from pipeline.console import console
 from pipeline.shards import Shard, read_valid_shard
 from schemas import SchemaError
 
@@ -89,7 +90,7 @@ def validate_manifest_shards(
     # 4x slower on 2 CPUs (10 M rows: 49 s vs 12 s), four worker processes a core contending.
     cpus_per_task: float = 1.0,
     stall_s: float = 600.0,
-    log=print,
+    log=console.say,
 ) -> list[Shard]:
     """Check every shard of a manifest on the cluster (see the module docstring); raise SchemaError on the first
     problem, naming the shard and the column. `reserved`: column names the output adds, refused in a manifest.

@@ -1,0 +1,80 @@
+"""Score a corpus with a Q-Align-style scorer on Ray, one output shard per manifest shard, resumable.
+
+examples:
+  qcurate score --manifest manifests/sample --output scores/run1 --model models/onealign
+  ray job submit --working-dir . -- python jobs/score_dataset.py \\
+      --manifest s3://bucket/manifests/ds --output s3://bucket/scores/run1 --model s3://bucket/models/qalign
+  qcurate score ... --restart          # delete an existing output and score everything again
+
+With RAY_ADDRESS set (as `ray job submit` does) it joins that cluster; without, it starts a local Ray.
+It prints what it will score, one progress line (redrawn on a terminal, every 10 s elsewhere) and a summary; Ray's
+and transformers' output goes to a log file (copied to <output>/_logs/) unless --verbose.
+Exit status: 0 done, 1 failed (bad manifest, error rate over the limit, refused to mix models), 2 bad arguments.
+"""
+
+import argparse
+
+from pipeline.cli import Command
+from pipeline.job import JobConfig, JobError, run
+from pipeline.recipes import RECIPES
+from pipeline.watchdog import DEFAULT_STALL_S, StallError
+from schemas import SchemaError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True, help="folder (or glob) of manifest Parquet shards, any fsspec URL")
+    p.add_argument("--output", required=True, help="output folder for score shards, any fsspec URL")
+    p.add_argument("--model", required=True, help="model folder, hub id, or registry entry (folder with CURRENT)")
+    p.add_argument(
+        "--model-revision",
+        help="hub id: branch, tag, commit or refs/pr/N (default main); registry entry: version (default CURRENT)",
+    )
+    p.add_argument("--task", choices=["quality", "aesthetics"], default="quality")
+    p.add_argument(
+        "--prompt-recipe",
+        choices=sorted(RECIPES),
+        help="how to prompt the model (default: the checkpoint's own, from its qcurate.json or model_type)",
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-scorers", type=int, help="scorer actors (default: one per GPU, 1 without GPUs)")
+    p.add_argument("--gpus-per-scorer", type=float, default=1.0)
+    p.add_argument("--fps", type=float, default=1.0, help="video frames sampled per second")
+    p.add_argument("--max-frames", type=int, default=16, help="frame cap per video (uniform subsampling)")
+    p.add_argument("--max-error-rate", type=float, default=0.05, help="fail the job above this fraction of errors")
+    p.add_argument("--restart", action="store_true", help="delete an existing output and start over")
+    p.add_argument(
+        "--stall-timeout", type=float, default=DEFAULT_STALL_S, help="fail when no stage progresses this long (s)"
+    )
+    p.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines off a terminal")
+
+
+def configure(a: argparse.Namespace, p: argparse.ArgumentParser) -> JobConfig:
+    if a.batch_size < 1 or a.max_frames < 1 or a.fps <= 0 or not 0 <= a.max_error_rate <= 1:
+        p.error("--batch-size and --max-frames must be >= 1, --fps > 0, --max-error-rate in [0, 1]")
+    return JobConfig(
+        manifest=a.manifest,
+        output=a.output,
+        model=a.model,
+        task=a.task,
+        batch_size=a.batch_size,
+        num_scorers=a.num_scorers,
+        gpus_per_scorer=a.gpus_per_scorer,
+        fps=a.fps,
+        max_frames=a.max_frames,
+        max_error_rate=a.max_error_rate,
+        restart=a.restart,
+        model_revision=a.model_revision,
+        stall_timeout_s=a.stall_timeout,
+        prompt_recipe=a.prompt_recipe,
+        progress_every_s=a.progress_every,
+    )
+
+
+COMMAND = Command(
+    doc=__doc__,
+    add_arguments=add_arguments,
+    configure=configure,
+    execute=run,
+    errors=(JobError, SchemaError, FileNotFoundError, StallError),
+    output=lambda a: a.output,
+)
