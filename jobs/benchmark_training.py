@@ -86,7 +86,8 @@ def adapter_round(
     losses = ", ".join(f"{e['loss']:.4f}" for e in result.metrics["training"])
     train, held = result.metrics["train"], result.metrics["held_out"]
     print(
-        f"  {method} ({result.version}, {result.status}): training loss per epoch {losses}; training-item "
+        f"  {method} ({result.version}, {result.status}): training loss per epoch {losses}; on the batch's "
+        f"training items: level loss {train['before']['level_loss']:.4f} -> {train['after']['level_loss']:.4f}, "
         f"SRCC {train['before']['srcc']:.3f} -> {train['after']['srcc']:.3f}; held-out SRCC "
         f"{held['before']['srcc']:.3f} -> {held['after']['srcc']:.3f}",
         flush=True,

@@ -11,6 +11,8 @@ from pipeline.media import MediaError, MediaOptions, load_media
 from pipeline.scorer import Scorer
 from pipeline.syllabus import augment
 
+SCALE = ("mos", "scale_min", "scale_max")  # a label row's MOS and the scale it is on
+
 
 def correlations(predicted: np.ndarray, mos: np.ndarray) -> dict:
     """SRCC and PLCC (scipy) over the items that were scored. Constant predictions rank nothing: 0.0."""
@@ -25,11 +27,13 @@ def correlations(predicted: np.ndarray, mos: np.ndarray) -> dict:
     return out
 
 
-def predict(model_path: str, rows: list[dict], crop: int | None = None, batch_size: int = 16) -> np.ndarray:
-    """Scores (1..5) of label rows by the scorer the scoring job would use for `model_path` (its visual prompt
-    included); NaN where an item cannot be loaded. `crop` centre-crops first (to measure fit on training crops)."""
+def rate(model_path: str, rows: list[dict], crop: int | None = None, batch_size: int = 16) -> tuple:
+    """Scores (1..5) of label rows by the scorer the scoring job would use for `model_path` (its additions
+    included), and each row's level loss: -log of the probability it gives the level of the row's MOS (Eq. 1), the
+    level word's part of the training loss, here without augmentation. NaN where an item cannot be loaded.
+    `crop` centre-crops first (to measure fit on training crops)."""
     path = registry.local_path(model_path)
-    scores = np.full(len(rows), np.nan)
+    scores, losses = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
     for task in sorted({r["task"] for r in rows}):
         scorer = Scorer(path, task)
         options = scorer.preprocessor.recipe.video.media_options(MediaOptions())  # the recipe's frame policy
@@ -45,17 +49,28 @@ def predict(model_path: str, rows: list[dict], crop: int | None = None, batch_si
                 prepared.append(scorer.preprocessor(media))
                 where.append(i)
             if prepared:
-                scores[where] = scorer.levels.score(scorer.probabilities(prepared))
-    return scores
+                probs = scorer.probabilities(prepared)
+                scores[where] = scorer.levels.score(probs)
+                level = [int(scorer.levels.level_of_mos(*(rows[i][k] for k in SCALE))) for i in where]
+                losses[where] = -np.log(np.maximum(probs[np.arange(len(where)), level], 1e-300))
+    return scores, losses
+
+
+def predict(model_path: str, rows: list[dict], crop: int | None = None, batch_size: int = 16) -> np.ndarray:
+    """The scores of `rate`."""
+    return rate(model_path, rows, crop, batch_size)[0]
 
 
 def evaluate(model_path: str, splits: dict[str, list[dict]], crops: dict[str, int | None]) -> dict[str, dict]:
-    """SRCC/PLCC of one model on each named set of label rows."""
+    """SRCC/PLCC and the mean level loss of one model on each named set of label rows."""
     out = {}
     for name, rows in splits.items():
         if rows:
             mos = np.array([r["mos"] for r in rows], np.float64)
-            out[name] = correlations(predict(model_path, rows, crops.get(name)), mos)
+            scores, losses = rate(model_path, rows, crops.get(name))
+            ok = np.isfinite(losses)
+            level_loss = float(losses[ok].mean()) if ok.any() else float("nan")
+            out[name] = {**correlations(scores, mos), "level_loss": level_loss}
     return out
 
 

@@ -334,17 +334,20 @@ def retrain(config: RetrainConfig) -> Outcome:
 
 
 def evaluation_table(metrics: dict) -> str:
-    """SRCC and PLCC before and after training, on the training sample and on the held-out items."""
+    """SRCC, PLCC and the level loss (pipeline.evaluation.rate) before and after training, on the training sample and
+    on the held-out items."""
 
     def cell(m: dict | None, key: str) -> str:
-        return f"{m[key]:+.4f}" if m and m.get("n") and m.get(key) == m.get(key) else "    n/a"
+        signed = "+" if key != "level_loss" else ""
+        return f"{m[key]:{signed}.4f}" if m and m.get("n") and m.get(key) == m.get(key) else "    n/a"
 
-    lines = [f"{'':22s} {'SRCC before':>11s} {'after':>8s}   {'PLCC before':>11s} {'after':>8s}"]
+    columns = (("SRCC", "srcc"), ("PLCC", "plcc"), ("level loss", "level_loss"))
+    lines = [f"{'':22s}" + "".join(f" {title + ' before':>17s} {'after':>8s}" for title, _ in columns)]
     for name, split in (("training", "train"), ("held-out", "held_out")):
         before, after = metrics[split].get("before"), metrics[split].get("after")
         n = (after or before or {}).get("n", 0)
-        row = f"{name + f' ({n})':22s} {cell(before, 'srcc'):>11s} {cell(after, 'srcc'):>8s}"
-        lines.append(f"{row}   {cell(before, 'plcc'):>11s} {cell(after, 'plcc'):>8s}")
+        cells = "".join(f" {cell(before, key):>17s} {cell(after, key):>8s}" for _, key in columns)
+        lines.append(f"{name + f' ({n})':22s}{cells}")
     return "\n".join(lines)
 
 
