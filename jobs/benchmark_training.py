@@ -9,8 +9,10 @@ after training, on training items and on the held-out photographs, and checks:
   (a) fit: SRCC on the training items >= 0.8 (their centre crops, the crop size the model trains on);
   (b) generalisation: held-out SRCC up by >= 0.2 over the untrained model;
   (c) all of it (evaluation before and after included) within --budget-s seconds.
-With --adapters it then folds three more label batches into the promoted version with LoRA, a visual prompt and a
-LLaMA-Adapter, and prints their training loss per epoch and SRCC before/after on training and held-out items.
+With --adapters the base version is trained without one distortion kind (--new-kind, JPEG by default; the held-out
+photographs have every kind), and three rounds then fold a new label batch of that kind alone into it, as a new
+labelling campaign would, with LoRA, a visual prompt and a LLaMA-Adapter side by side. Each round prints its training
+loss per epoch, the level loss and SRCC before/after on its training items, and the held-out SRCC before/after.
 Exit status 0 when every check passes, 1 otherwise.
 """
 
@@ -24,6 +26,7 @@ import tempfile
 import time
 
 from pipeline import registry
+from pipeline.corpus import DISTORTIONS
 from pipeline.models.tiny import make_tiny_model
 from pipeline.retrain import RetrainConfig, retrain
 from pipeline.synthetic import TRAIN_PHOTOS, build_learning_set, write_label_shard
@@ -47,14 +50,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", help="where the set, the model and the registry go (default: a temporary folder)")
     p.add_argument("--epochs", type=int, default=13)
     p.add_argument("--views", type=int, default=30, help="random crops of each training item per epoch")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--budget-s", type=float, default=600.0)
     p.add_argument(
         "--adapters", action="store_true", help="also run LoRA, visual-prompt and llama-adapter rounds on new batches"
     )
-    p.add_argument("--adapter-epochs", type=int, default=2, help="epochs of each adapter round")
+    p.add_argument("--adapter-epochs", type=int, default=4, help="epochs of each adapter round")
+    p.add_argument(
+        "--new-kind", default="jpeg", choices=DISTORTIONS, help="with --adapters: the kind the adapter rounds bring"
+    )
     return p.parse_args(argv)
 
 
@@ -68,11 +74,13 @@ def figures(name: str, metrics: dict) -> str:
 
 
 def adapter_round(
-    config: RetrainConfig, workdir: str, batch: int, method: str, lr: float, options: dict, epochs: int
+    config: RetrainConfig, workdir: str, batch: int, method: str, lr: float, options: dict, epochs: int, kind: str
 ) -> dict:
-    """Fold label batch `batch` (new items, built here) into a copy of the promoted entry with `method`; print and
-    return the round's metrics."""
-    more = build_learning_set(os.path.join(workdir, f"media-{batch}"), train_sides=(128,), seed=batch)
+    """Fold label batch `batch` (new items of distortion `kind`, built here) into a copy of the promoted entry with
+    `method`; print and return the round's metrics."""
+    more = build_learning_set(
+        os.path.join(workdir, f"media-{batch}"), train_sides=(128,), seed=batch, train_kinds=(kind,)
+    )
     more = [{**r, "id": f"b{batch}-{r['id']}"} for r in more if r["split"] == "train"]
     labels = config.labels  # the folder of label batches
     write_label_shard(more, os.path.join(labels, f"batch-000{batch}", "part-00000.parquet"))
@@ -105,12 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         # this machine's 2 cores, unless a cluster is named
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, num_cpus=None if "RAY_ADDRESS" in os.environ else 2)
 
-    rows = build_learning_set(os.path.join(workdir, "media"))
+    kinds = tuple(k for k in DISTORTIONS if k != args.new_kind) if args.adapters else DISTORTIONS
+    rows = build_learning_set(os.path.join(workdir, "media"), train_kinds=kinds)
     labels = os.path.join(workdir, "labels")
     write_label_shard(rows, os.path.join(labels, "batch-0001", "part-00000.parquet"))
     base = str(make_tiny_model("llava", os.path.join(workdir, "base"), seed=0, vision=VISION))
     n_train, n_eval = sum(r["split"] == "train" for r in rows), sum(r["split"] == "eval" for r in rows)
-    print(f"set: {n_train} training items ({len(TRAIN_PHOTOS)} photographs), {n_eval} held-out crops", flush=True)
+    print(
+        f"set: {n_train} training items ({len(TRAIN_PHOTOS)} photographs; {', '.join(kinds)}), {n_eval} held-out "
+        f"crops ({', '.join(DISTORTIONS)})",
+        flush=True,
+    )
 
     recipe = Recipe(
         method="full",
@@ -146,13 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         # Side by side: each round folds its own new batch into the same promoted version, in a copy of the entry
         # (one round's promoted visual prompt would otherwise be the next round's parent, which only a visual
         # prompt can train further).
-        print(
-            f"adapters on top of {registry.current_version(registry.entry_url(config.registry, config.name))}, "
-            "one new label batch each:",
-            flush=True,
-        )
+        parent = registry.current_version(registry.entry_url(config.registry, config.name))
+        print(f"adapters on top of {parent}, one new label batch of {args.new_kind} items each:", flush=True)
         for batch, (method, (lr, options)) in enumerate(ADAPTER_ROUNDS.items(), start=2):
-            adapter_round(config, workdir, batch, method, lr, options, args.adapter_epochs)
+            adapter_round(config, workdir, batch, method, lr, options, args.adapter_epochs, args.new_kind)
     return 0 if all(checks.values()) else 1
 
 

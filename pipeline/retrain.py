@@ -338,8 +338,10 @@ def evaluation_table(metrics: dict) -> str:
     on the held-out items."""
 
     def cell(m: dict | None, key: str) -> str:
-        signed = "+" if key != "level_loss" else ""
-        return f"{m[key]:{signed}.4f}" if m and m.get("n") and m.get(key) == m.get(key) else "    n/a"
+        value = m.get(key) if m and m.get("n") else None
+        if value is None or value != value:  # not measured, or NaN
+            return "    n/a"
+        return f"{value:.4f}" if key == "level_loss" else f"{value:+.4f}"
 
     columns = (("SRCC", "srcc"), ("PLCC", "plcc"), ("level loss", "level_loss"))
     lines = [f"{'':22s}" + "".join(f" {title + ' before':>17s} {'after':>8s}" for title, _ in columns)]

@@ -53,12 +53,13 @@ def build_learning_set(
     train_photos: tuple[str, ...] = TRAIN_PHOTOS,
     eval_photos: tuple[str, ...] = EVAL_PHOTOS,
     seed: int = 0,
+    train_kinds: tuple[str, ...] = DISTORTIONS,
 ) -> list[dict]:
     """Write the set's images under the local folder `root` (PNG, lossless) and return its label rows (labels/v1).
 
-    Train rows: each train photo at each long side in `train_sides`, pristine once and every distortion kind at
-    levels 1..4. Eval rows: each eval photo at `eval_side`, pristine and distorted alike, cut into `eval_crops`
-    crops of `crop` x `crop` pixels at fixed positions.
+    Train rows: each train photo at each long side in `train_sides`, pristine once and each of `train_kinds` at
+    levels 1..4. Eval rows: each eval photo at `eval_side`, pristine and every distortion kind alike, cut into
+    `eval_crops` crops of `crop` x `crop` pixels at fixed positions.
     """
     if set(train_photos) & set(eval_photos):
         raise ValueError(f"photos in both splits: {sorted(set(train_photos) & set(eval_photos))}")
@@ -85,23 +86,24 @@ def build_learning_set(
             }
         )
 
-    def versions(photo: np.ndarray, p: int) -> list[tuple[str, int, np.ndarray]]:
-        """(kind, level, pixels): the pristine photo once, then every kind at every level above 0."""
+    def versions(photo: np.ndarray, p: int, kinds: tuple[str, ...]) -> list[tuple[str, int, np.ndarray]]:
+        """(kind, level, pixels): the pristine photo once, then each kind at every level above 0."""
         out = [("none", 0, photo)]
-        for k, kind in enumerate(DISTORTIONS):
+        for kind in kinds:
+            k = DISTORTIONS.index(kind)
             out += [(kind, lv, distort(photo, kind, lv, seed=_seed(seed, p, k, lv))) for lv in LEVELS if lv]
         return out
 
     for p, name in enumerate(train_photos):
         for side in train_sides:
             photo = resize_long_side(load_photo(name), side)
-            for kind, level, pixels in versions(photo, p * 100 + side):
+            for kind, level, pixels in versions(photo, p * 100 + side, train_kinds):
                 add(f"train-{name}-{side}-{kind}-{level}", pixels, level, "train", name, kind)
 
     for p, name in enumerate(eval_photos):
         photo = resize_long_side(load_photo(name), eval_side)
         boxes = _crop_boxes(photo, crop, eval_crops)
-        for kind, level, pixels in versions(photo, 10_000 + p):
+        for kind, level, pixels in versions(photo, 10_000 + p, DISTORTIONS):
             for c, (top, left) in enumerate(boxes):
                 window = np.ascontiguousarray(pixels[top : top + crop, left : left + crop])
                 add(f"eval-{name}-{c}-{kind}-{level}", window, level, "eval", name, kind)

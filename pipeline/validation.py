@@ -129,9 +129,10 @@ def validate_manifest_shards(
         while adding:
             _, adding = wait_or_fail(adding, stall_s, "manifest validation (id buckets)", len(adding))
         _confirm_duplicates(urls, buckets, stall_s)
-    finally:  # on a failure too: nothing of the check may linger on the cluster
-        for ref in pending:
-            ray.cancel(ref)
+    finally:  # on a failure too: the ids held by the buckets go with them
+        # Shard tasks still in flight (a window of 2 per CPU) are not cancelled but left to finish, their results
+        # dropped: ray.cancel racing a task's completion aborted the driver (Ray 2.60, a failed RAY_CHECK in
+        # TaskManager::CompletePendingTask, seen when a duplicate id failed validation mid-window).
         for b in buckets:
             ray.kill(b)
     return [Shard(url, store.basename(url), rows[i]) for i, url in enumerate(urls)]
