@@ -435,14 +435,13 @@ def test_the_four_methods_are_the_packages_modules():
 
 def test_a_fifth_method_is_one_new_file(fifth_method, tiny_models):
     """Its name, options (CLI flags), learning rate and attachment come from the file alone."""
-    import importlib.util
+    from pipeline import cli
 
     assert "norm-only" in methods.names()
-    spec = importlib.util.spec_from_file_location("retrain_cli", ROOT / "jobs" / "retrain.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
     common = ["--labels", "l", "--base-model", "b", "--registry", "r", "--name", "n"]
-    config = cli.parse_args([*common, "--method", "norm-only", "--norm-pattern", "post_attention_layernorm"])
+    parser = cli.parser_for("retrain")  # the parser `jobs/retrain.py` and `qcurate retrain` share
+    args = parser.parse_args([*common, "--method", "norm-only", "--norm-pattern", "post_attention_layernorm"])
+    config = cli.command("retrain").configure(args, parser)
     assert config.recipe.options == {"norm_pattern": "post_attention_layernorm"}
     assert config.recipe.learning_rate == 1e-3
     path = tiny_models["llava"]
