@@ -22,7 +22,7 @@ from skimage import data
 
 from pipeline import methods, models, recipes, registry, store
 from pipeline.corpus import load_photo, pan_zoom_frames, write_video
-from pipeline.evaluation import correlations, predict
+from pipeline.evaluation import correlations, predict, rate
 from pipeline.job import JobConfig
 from pipeline.job import run as run_scoring
 from pipeline.media import Media, load_media
@@ -586,6 +586,20 @@ def test_methods_lower_the_loss_and_raise_training_srcc(
     assert np.abs(scores - base_scores).max() > 1e-3  # the trained result is what the scorer runs
     if srcc_bar is not None:
         assert after > before + 0.2 and after > srcc_bar, (before, after)
+
+
+def test_level_loss_is_minus_log_p_of_the_mos_level(tiny_models, small_train_rows):
+    """rate()'s level loss: -log of the probability the scorer gives the level of the row's MOS; NaN when the item
+    cannot be loaded. Distortion level k has MOS 5 - k, i.e. the k-th level word from the best (by hand, Eq. 1)."""
+    gone = {**small_train_rows[0], "id": "gone", "uri": "/nonexistent/gone.png"}
+    rows = [*small_train_rows[:4], gone]
+    scores, losses = rate(tiny_models["llava"], rows)
+    assert np.isnan(scores[-1]) and np.isnan(losses[-1])
+    scorer = Scorer(tiny_models["llava"])
+    for row, loss in zip(rows[:4], losses):
+        probs = scorer.probabilities([scorer.preprocessor(load_media(row["uri"], "image"))])[0]
+        assert loss == pytest.approx(-np.log(probs[row["level"]]), rel=1e-6), row["id"]
+    assert len({row["level"] for row in rows[:4]}) > 1  # several levels, so a misread index shows
 
 
 def test_correlations():
