@@ -63,6 +63,8 @@ def pad_stack(arrays: list[np.ndarray], value: float) -> np.ndarray:
 
 def concat_padded(arrays: list[np.ndarray], value: float) -> np.ndarray:
     """Concatenate along the first axis, padding every other axis at its end to the largest size."""
+    if len({a.shape[1:] for a in arrays}) == 1:  # the usual case (fixed-size images): no padding copy per batch
+        return np.concatenate(arrays)
     shape = np.max([a.shape[1:] for a in arrays], axis=0)
     padded = [
         np.pad(a, [(0, 0), *((0, s - n) for s, n in zip(shape, a.shape[1:]))], constant_values=value) for a in arrays
