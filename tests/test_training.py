@@ -39,7 +39,8 @@ from schemas import LABELS_V1, SchemaError, validate_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ["llava", "idefics3", "owl2", "qwen3_5", "instructblip"]
-ADAPTER_FAMILIES = ["llava", "idefics3", "owl2"]  # the LLaMA-style decoders the llama-adapter method supports
+# the decoders the llama-adapter method supports: LLaMA-style ones, and Qwen3.5's hybrid (its full-attention layers)
+ADAPTER_FAMILIES = ["llava", "idefics3", "owl2", "qwen3_5"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -366,8 +367,96 @@ def test_llama_adapter_training_moves_only_prompts_and_gates(family_name, tiny_m
     assert moved == {"addition.prompts", "addition.gates"}  # the vision tower and the LLM stay as they were
 
 
-def test_llama_adapter_artifact_round_trip_and_scorer(tiny_models, tmp_path):
-    path = tiny_models["owl2"]
+def test_llama_adapter_on_qwen3_5_matches_a_computation_by_hand(tiny_models):
+    """Qwen3.5's full-attention layer (pipeline.methods.llama_adapter): q_proj gives per head [query | output gate];
+    the query is q_norm'ed and rotated (partial, multimodal rotary: the (cos, sin) the layer is handed), the prompts'
+    keys go through k_proj and k_norm (no rotary), their values through v_proj, GQA maps heads 0, 1 to kv head 0; the
+    gated prompt attention is added before the layer's sigmoid output gate. Rebuilt here from the layer's modules."""
+    from transformers.models.qwen3_5.modeling_qwen3_5 import apply_rotary_pos_emb
+
+    scorer, adapter = adapted_scorer(tiny_models["qwen3_5"], adapter_len=3, adapter_layers=1)
+    attention = decoder_attentions(scorer.model)[-1]
+    assert attention.head_dim == 16 and attention.config.num_key_value_heads == 2  # 4 query heads, 2 kv heads
+    inputs, seen = [], []
+    attention.register_forward_pre_hook(lambda module, args, kwargs: inputs.append(kwargs), with_kwargs=True)
+    attention.o_proj.register_forward_pre_hook(lambda module, args: seen.append(args[0]))  # after the adapter's
+    prepared = [scorer.preprocessor(Media(photo("coffee"), "image", None, [0], 1))]
+    gates = torch.tensor([0.5, -1.0, 2.0, 0.25])
+    with torch.no_grad():
+        attention.q_norm.weight.normal_()  # the norms' weights matter too (they start at 0: a scale of 1)
+        attention.k_norm.weight.normal_()
+        adapter.gates.copy_(gates[None])
+        opened = scorer.level_logits(prepared)
+        adapter.detach()
+        closed = scorer.level_logits(prepared)
+        hidden, (cos, sin) = inputs[0]["hidden_states"], inputs[0]["position_embeddings"]
+        assert cos.shape[-1] == 8  # partial rotary: half of each head's 16 dims
+        batch, length, _ = hidden.shape
+        projected = attention.q_proj(hidden).view(batch, length, 4, 32)
+        query, output_gate = projected[..., :16], projected[..., 16:].reshape(batch, length, 64)
+        query = attention.q_norm(query).transpose(1, 2)  # [B, H, L, D]
+        query, _ = apply_rotary_pos_emb(query, query, cos, sin)
+        prompts = adapter.prompts[0]
+        keys = attention.k_norm(attention.k_proj(prompts).view(3, 2, 16))  # [K, kv heads, D]
+        values = attention.v_proj(prompts).view(3, 2, 16)
+        per_head = []
+        for h in range(4):
+            weights = torch.softmax(query[:, h] @ keys[:, h // 2].T / 4.0, dim=-1)  # 1/sqrt(head_dim 16)
+            per_head.append(gates[h] * weights @ values[:, h // 2])  # [B, L, D]
+        expected = torch.cat(per_head, dim=-1) * torch.sigmoid(output_gate)
+    torch.testing.assert_close(seen[0] - seen[1], expected, atol=1e-5, rtol=1e-5)
+    assert (opened - closed).abs().max() > 1e-4
+
+
+def test_llama_adapter_on_qwen3_5_adapts_only_full_attention_layers():
+    """Qwen3.5 interleaves Gated DeltaNet (linear) layers with full-attention ones: the top L layers are the top L
+    full-attention layers, counted among those; asking for more takes them all (clamped, as for LLaMA)."""
+    from transformers import Qwen3_5TextConfig
+    from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5TextModel
+
+    kinds = ["linear_attention", "full_attention", "linear_attention", "linear_attention", "full_attention"] * 2
+    config = Qwen3_5TextConfig(
+        vocab_size=32,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=len(kinds),
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        layer_types=kinds,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+    )
+    torch.manual_seed(0)
+    model = Qwen3_5TextModel(config).eval()
+    full = [layer.self_attn for layer, kind in zip(model.layers, kinds, strict=True) if kind == "full_attention"]
+    assert decoder_attentions(model) == full  # decoder layers 1, 4, 6, 9
+    top = LlamaAdapter.for_model(model, 3, 2)
+    assert top.layers == [2, 3]  # the top 2 full-attention layers: decoder layers 6 and 9
+    assert sum(p.numel() for p in top.parameters()) == 2 * (3 * 64 + 4)  # K x C prompts + a gate per head, per layer
+    adapter = LlamaAdapter.for_model(model, 3, 12)  # more than the 4 full-attention layers: all of them
+    assert adapter.layers == [0, 1, 2, 3] and adapter.prompts.shape == (4, 3, 64) and adapter.gates.shape == (4, 4)
+    assert sum(p.numel() for p in adapter.parameters()) == 4 * (3 * 64 + 4)
+    adapter.attach_to(model)
+    hooked = {name for name, m in model.named_modules() if m._forward_pre_hooks or m._forward_hooks}
+    assert {name.split(".")[1] for name in hooked} == {"1", "4", "6", "9"}  # no linear-attention layer is touched
+    ids = torch.randint(0, 32, (2, 7))
+    with torch.no_grad():
+        adapted = model(input_ids=ids).last_hidden_state
+        adapter.detach()
+        base = model(input_ids=ids).last_hidden_state
+        assert torch.equal(adapted, base)  # zero gates
+        adapter.gates.fill_(1.0)
+        adapter.attach_to(model)
+        assert (model(input_ids=ids).last_hidden_state - base).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family_name", ["owl2", "qwen3_5"])
+def test_llama_adapter_artifact_round_trip_and_scorer(family_name, tiny_models, tmp_path):
+    path = tiny_models[family_name]
     scorer, adapter = adapted_scorer(path, adapter_len=2, adapter_layers=2)
     with torch.no_grad():
         adapter.gates.normal_()  # as if trained
@@ -377,8 +466,9 @@ def test_llama_adapter_artifact_round_trip_and_scorer(tiny_models, tmp_path):
     copy_model_files(path, version, weights=True)
     adapter.save(str(version))
     config = json.loads((version / "llama_adapter.json").read_text())
-    assert config["layers"] == [0, 1] and config["adapter_len"] == 2 and config["num_heads"] == 4
-    assert config["parameters"] == 2 * (2 * config["hidden_size"] + 4)
+    layers = {"owl2": [0, 1], "qwen3_5": [0]}[family_name]  # Qwen3.5's tiny model has one full-attention layer
+    assert config["layers"] == layers and config["adapter_len"] == 2 and config["num_heads"] == 4
+    assert config["parameters"] == len(layers) * (2 * config["hidden_size"] + 4)
     loaded = Scorer(str(version))  # what the scoring job runs for this folder
     assert [type(a) for a in loaded.additions] == [LlamaAdapter]
     torch.testing.assert_close(loaded.level_logits(media), trained)
