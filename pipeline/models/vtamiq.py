@@ -1,0 +1,396 @@
+"""VTAMIQ: full-reference IQA with a Vision Transformer on sparse patches (Chubarau & Clark 2021, arXiv:2110.01655).
+
+Structure, as in the paper and its code (github.com/ch-andrei/VTAMIQ, 2021 version):
+
+1. Reference and distorted images are cut into the same set of N 16x16 patches (positions drawn once per pair).
+2. A ViT-B/16 (transformers' `ViTModel`) embeds each patch with its own patch projection, adds the position embedding
+   of the patch's location, prepends the CLS token (with its position embedding, as ViT does) and runs the encoder and
+   the final layernorm. The CLS output is the image's feature vector.
+3. The difference-modulation network (DMN) takes d = f_ref - f_dist. With `reference_modulation` (the paper's
+   "difference embedding"), a residual group first reads the reference features and its output re-weights the
+   difference element-wise, d <- d * G(f_ref); then residual groups of residual channel-attention blocks (RCAN-style)
+   and a final linear layer calibrate it.
+4. A regressor Dropout -> Linear(H, H/4) -> PReLU -> Dropout -> Linear(H/4, 1) gives the quality score.
+
+The DMN acts on one vector per image: VTAMIQ's code runs 1x1 convolutions on a Bx768x1x1 map, where a 1x1 convolution
+is a linear layer and the channel attention's global pooling is the identity, so linear layers are used here.
+
+Position mapping: like VTAMIQ, a patch's location is taken relative to its image, so an image of any size maps onto
+the ViT's own position-embedding grid (G x G = image_size / patch_size, 14 x 14 for a 224 ViT): the patch centre
+(y + P/2, x + P/2) scaled by G / H and G / W, floored. A patch cut on the ViT grid of a 224 x 224 image gets exactly the
+embedding ViT gives it. `grid_positions` holds row * G + col (0-based; the model adds 1 to skip the CLS slot).
+
+Pixels cross the wire as uint8; the model scales them to [0, 1] and normalises with `image_mean` / `image_std`
+(0.5 / 0.5 as google/vit-* preprocessors use; `from_vit` reads the folder's preprocessor_config.json when present).
+
+Parameter names (model.safetensors):
+
+    vit.*                               transformers ViTModel (no pooler): embeddings, layers, layernorm
+    dmn.modulation.blocks.{b}.*         reference-reading group whose output multiplies the difference (optional)
+    dmn.modulation.tail.*
+    dmn.groups.{g}.blocks.{b}.act       RCAB: PReLU -> Linear -> channel attention, plus skip
+    dmn.groups.{g}.blocks.{b}.linear
+    dmn.groups.{g}.blocks.{b}.attention.squeeze / .act / .excite   squeeze-excite with reduction r
+    dmn.groups.{g}.tail                 group: blocks -> Linear, plus group skip
+    dmn.tail                            final Linear of the DMN
+    regressor.{1,2,4}                   Linear(H, H/4), PReLU, Linear(H/4, 1) (0 and 3 are dropouts)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import ViTConfig, ViTModel
+
+MODEL_TYPE = "vtamiq"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# Training draws: VTAMIQ mixes a centre-bias map (DeepGaze II's, weight 2), a difference map (weight 5) and a uniform
+# map (weight 0.25). Without the saliency template or the pair here, a Gaussian centre bias (sigma = a quarter of the
+# side) mixed with uniform draws is used; 0.75 is about the centre-bias share of the published centre/uniform weights.
+CENTRE_BIAS = 0.75
+CENTRE_SIGMA = 0.25
+
+
+@dataclass
+class VTAMIQConfig:
+    """Model configuration; the backbone's depth is `vit["num_hidden_layers"]`."""
+
+    vit: dict = field(default_factory=lambda: ViTConfig().to_dict())  # ViT-B/16 at 224 (transformers defaults)
+    num_patches: int = 256  # VTAMIQ trains on 256 patches per image (512 for validation, 1024 for testing)
+    patch_size: int = 16
+    num_groups: int = 4
+    blocks_per_group: int = 4
+    reduction: int = 16
+    reference_modulation: bool = True
+    regressor_hidden: int | None = None  # None: hidden_size // 4 (192 at 768)
+    dropout: float = 0.2
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def vit_config(self) -> ViTConfig:
+        return ViTConfig.from_dict(self.vit)
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the ViT's (square) position-embedding grid."""
+        vit = self.vit_config()
+        return vit.image_size // vit.patch_size
+
+    def to_dict(self) -> dict:
+        return {"model_type": MODEL_TYPE, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VTAMIQConfig:
+        data = {k: v for k, v in data.items() if k != "model_type"}
+        for key in ("image_mean", "image_std"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-excite on a feature vector: x * sigmoid(W2 prelu(W1 x))."""
+
+    def __init__(self, dim: int, reduction: int):
+        super().__init__()
+        self.squeeze = nn.Linear(dim, max(1, dim // reduction))
+        self.act = nn.PReLU()
+        self.excite = nn.Linear(max(1, dim // reduction), dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(self.excite(self.act(self.squeeze(x))))
+
+
+class ResidualChannelAttentionBlock(nn.Module):
+    """RCAB as VTAMIQ uses it: x + CA(Linear(PReLU(x)))."""
+
+    def __init__(self, dim: int, reduction: int):
+        super().__init__()
+        self.act = nn.PReLU()
+        self.linear = nn.Linear(dim, dim)
+        self.attention = ChannelAttention(dim, reduction)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.attention(self.linear(self.act(x)))
+
+
+class ResidualGroup(nn.Module):
+    """Several RCABs and a tail linear layer, with a skip over the whole group."""
+
+    def __init__(self, dim: int, num_blocks: int, reduction: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(ResidualChannelAttentionBlock(dim, reduction) for _ in range(num_blocks))
+        self.tail = nn.Linear(dim, dim)
+
+    def body(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.tail(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class ModulationGroup(ResidualGroup):
+    """VTAMIQ's reference-aware first stage: the group reads f_ref and its output weights the difference."""
+
+    def forward(self, diff: Tensor, ref: Tensor) -> Tensor:  # type: ignore[override]
+        return diff * self.body(ref)
+
+
+class DifferenceModulation(nn.Module):
+    """DMN: (optional reference modulation) -> residual groups -> linear."""
+
+    def __init__(self, config: VTAMIQConfig, dim: int):
+        super().__init__()
+        groups = (config.blocks_per_group, config.reduction)
+        self.modulation = ModulationGroup(dim, *groups) if config.reference_modulation else None
+        self.groups = nn.ModuleList(ResidualGroup(dim, *groups) for _ in range(config.num_groups))
+        self.tail = nn.Linear(dim, dim)
+
+    def forward(self, diff: Tensor, ref: Tensor) -> Tensor:
+        x = self.modulation(diff, ref) if self.modulation is not None else diff
+        for group in self.groups:
+            x = group(x)
+        return self.tail(x)
+
+
+class VTAMIQ(nn.Module):
+    """ViT features of sparse patch sets -> difference modulation -> quality score (higher = better, as trained)."""
+
+    def __init__(self, config: VTAMIQConfig):
+        super().__init__()
+        vit_config = config.vit_config()
+        if vit_config.patch_size != config.patch_size:
+            raise ValueError(f"patch_size {config.patch_size} differs from the ViT's {vit_config.patch_size}")
+        self.config = config
+        self.vit = ViTModel(vit_config, add_pooling_layer=False)
+        dim = vit_config.hidden_size
+        hidden = config.regressor_hidden or dim // 4
+        self.dmn = DifferenceModulation(config, dim)
+        self.regressor = nn.Sequential(
+            nn.Dropout(config.dropout),
+            nn.Linear(dim, hidden),
+            nn.PReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(hidden, 1),
+        )
+        self.register_buffer("mean", torch.tensor(config.image_mean).view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.image_std).view(1, 1, 3, 1, 1), persistent=False)
+
+    def _layers(self) -> nn.ModuleList:
+        # transformers 5 keeps the blocks on the model itself, 4.x under .encoder
+        return self.vit.layers if hasattr(self.vit, "layers") else self.vit.encoder.layer
+
+    def embed(self, patches: Tensor, grid_positions: Tensor) -> Tensor:
+        """Token embeddings [B, 1 + N, H] (CLS first) of uint8 (or 0..255 float) patches [B, N, 3, P, P]."""
+        emb = self.vit.embeddings
+        b, n = patches.shape[:2]
+        weight = emb.patch_embeddings.projection.weight
+        x = (patches.to(weight.dtype) / 255.0 - self.mean.to(weight.dtype)) / self.std.to(weight.dtype)
+        tokens = emb.patch_embeddings.projection(x.flatten(0, 1)).view(b, n, -1)
+        table = emb.position_embeddings[0]  # [1 + G*G, H]: slot 0 is the CLS token's
+        tokens = tokens + table[grid_positions.long() + 1]
+        cls = (emb.cls_token[0, 0] + table[0]).expand(b, 1, -1)
+        return emb.dropout(torch.cat([cls, tokens], dim=1))
+
+    def features(self, patches: Tensor, grid_positions: Tensor) -> Tensor:
+        """CLS feature [B, H] after the encoder and the final layernorm."""
+        hidden = self.embed(patches, grid_positions)
+        for layer in self._layers():
+            hidden = layer(hidden)
+        return self.vit.layernorm(hidden)[:, 0]
+
+    def forward(self, ref: Tensor, dist: Tensor, grid_positions: Tensor) -> Tensor:
+        """Scores [B] (float32) of pairs of patch sets [B, N, 3, P, P] cut at the same `grid_positions` [B, N]."""
+        if ref.shape != dist.shape:
+            raise ValueError(f"reference and distorted patches differ in shape: {ref.shape} vs {dist.shape}")
+        # one pass through the backbone for both images of every pair
+        both = self.features(torch.cat([ref, dist]), torch.cat([grid_positions, grid_positions]))
+        f_ref, f_dist = both.chunk(2)
+        x = self.dmn(f_ref - f_dist, f_ref)
+        return self.regressor(x).squeeze(-1).float()
+
+    def save(self, folder: str | Path) -> None:
+        """Write config.json (model_type "vtamiq") and model.safetensors."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VTAMIQ:
+        """A saved model, in eval mode, on `device` in `dtype`."""
+        folder = Path(folder)
+        config = VTAMIQConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
+        model = cls(config)
+        model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+        return model.to(device=device, dtype=dtype).eval()
+
+    @classmethod
+    def from_vit(cls, vit_folder: str | Path, num_hidden_layers: int | None = None, **overrides) -> VTAMIQ:
+        """A VTAMIQ whose backbone is a pretrained ViT folder (google/vit-base-patch16-224 layout); DMN and regressor
+        start random. `num_hidden_layers` keeps only the first k blocks (VTAMIQ's run config kept 6 of ViT-B's 12)."""
+        extra = {} if num_hidden_layers is None else {"num_hidden_layers": num_hidden_layers}
+        vit = ViTModel.from_pretrained(str(vit_folder), add_pooling_layer=False, **extra)
+        preprocessor = Path(vit_folder) / "preprocessor_config.json"
+        if preprocessor.is_file() and "image_mean" not in overrides:
+            pre = json.loads(preprocessor.read_text())
+            if "image_mean" in pre and "image_std" in pre:
+                overrides = {**overrides, "image_mean": tuple(pre["image_mean"]), "image_std": tuple(pre["image_std"])}
+        config = VTAMIQConfig(vit=vit.config.to_dict(), patch_size=vit.config.patch_size, **overrides)
+        model = cls(config)
+        model.vit.load_state_dict(vit.state_dict())
+        return model
+
+
+def is_vtamiq_folder(path: str | Path) -> bool:
+    """Whether `path` is a folder saved by `VTAMIQ.save`."""
+    folder = Path(path)
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == MODEL_TYPE and (folder / WEIGHTS_NAME).is_file()
+
+
+def build_tiny(folder: str | Path, seed: int = 0) -> str:
+    """A tiny random VTAMIQ saved to folder (hidden 32, 2 layers, 2 heads, 224/16 grid, 32 patches, 1 x 1 RCAB)."""
+    vit = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=224,
+        patch_size=16,
+    )
+    config = VTAMIQConfig(vit=vit.to_dict(), num_patches=32, num_groups=1, blocks_per_group=1, reduction=4)
+    torch.manual_seed(seed)
+    VTAMIQ(config).save(folder)
+    return str(folder)
+
+
+def sample_positions(
+    height: int,
+    width: int,
+    num_patches: int,
+    patch_size: int,
+    rng: np.random.Generator | None = None,
+    seed: int = 0,
+    centre_bias: float = CENTRE_BIAS,
+) -> np.ndarray:
+    """Top-left pixels (y, x) [N, 2] of N patches inside a height x width image.
+
+    With `rng` (training): each patch is drawn independently, with probability `centre_bias` from a Gaussian around
+    the image centre (sigma a quarter of the side; draws outside the image become uniform ones), otherwise uniformly.
+    Without `rng` (inference): a regular grid of cells over the valid top-left range, with rows x cols chosen for the
+    image's aspect ratio, N cells taken evenly from it, each patch placed at a seeded random offset in its cell -- the
+    same pair and seed always give the same positions. Patches may overlap (and repeat in training draws), so an image
+    holding fewer than N non-overlapping patches still yields N.
+    """
+    if height < patch_size or width < patch_size:
+        raise ValueError(f"image {height}x{width} is smaller than one {patch_size}x{patch_size} patch")
+    if num_patches < 1:
+        raise ValueError(f"num_patches must be positive, got {num_patches}")
+    span = np.array([height - patch_size + 1, width - patch_size + 1])  # number of valid top-left rows / columns
+    if rng is not None:
+        uniform = rng.random((num_patches, 2)) * span
+        centred = rng.normal(span / 2.0, CENTRE_SIGMA * span, (num_patches, 2))
+        inside = np.all((centred >= 0) & (centred < span), axis=1)
+        use_centre = (rng.random(num_patches) < centre_bias) & inside
+        points = np.where(use_centre[:, None], centred, uniform)
+    else:
+        rows = max(1, round(math.sqrt(num_patches * span[0] / span[1])))
+        cols = math.ceil(num_patches / rows)
+        cells = np.round(np.linspace(0, rows * cols - 1, num_patches)).astype(np.int64)
+        cell = np.stack([cells // cols, cells % cols], axis=1)
+        # integer cell edges, so that a patch never leaves its cell by rounding
+        start = np.ceil(cell * span / np.array([rows, cols]))
+        end = np.ceil((cell + 1) * span / np.array([rows, cols]))
+        jitter = np.random.default_rng(seed).random((num_patches, 2))
+        points = start + np.floor(jitter * np.maximum(end - start, 1))
+    return np.minimum(np.floor(points).astype(np.int64), span - 1)
+
+
+def grid_index(positions: np.ndarray, height: int, width: int, patch_size: int, grid_size: int) -> np.ndarray:
+    """Index row * G + col [N] on the ViT's G x G position-embedding grid of patches at top-left `positions` [N, 2]:
+    the patch centre's location relative to the image, scaled to the grid."""
+    centre = positions.astype(np.float64) + patch_size / 2.0
+    cell = np.floor(centre * grid_size / np.array([height, width])).astype(np.int64)
+    cell = np.clip(cell, 0, grid_size - 1)
+    return cell[:, 0] * grid_size + cell[:, 1]
+
+
+def cut_patches(image: np.ndarray, positions: np.ndarray, patch_size: int) -> np.ndarray:
+    """Patches [N, 3, P, P] uint8 of an HxWx3 (or HxW grey) uint8 image at top-left `positions` [N, 2]."""
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    offsets = np.arange(patch_size)
+    rows = positions[:, 0, None] + offsets  # [N, P]
+    cols = positions[:, 1, None] + offsets
+    patches = image[rows[:, :, None], cols[:, None, :]]  # [N, P, P, 3]
+    return np.ascontiguousarray(patches.transpose(0, 3, 1, 2))
+
+
+def prepare_pair(
+    ref: np.ndarray,
+    dist: np.ndarray,
+    config: VTAMIQConfig,
+    rng: np.random.Generator | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Patches of a reference / distorted pair cut at the same positions: {"ref", "dist": [N, 3, P, P] uint8,
+    "positions": [N] int64 grid indices}. `rng` draws training positions; None uses the seeded grid."""
+    if ref.shape != dist.shape:
+        raise ValueError(f"reference and distorted sizes differ: {ref.shape} vs {dist.shape}")
+    height, width = ref.shape[:2]
+    positions = sample_positions(height, width, config.num_patches, config.patch_size, rng=rng, seed=seed)
+    return {
+        "ref": cut_patches(ref, positions, config.patch_size),
+        "dist": cut_patches(dist, positions, config.patch_size),
+        "positions": grid_index(positions, height, width, config.patch_size, config.grid_size),
+    }
+
+
+def collate(prepared: list[dict]) -> dict[str, Tensor]:
+    """Stack prepared pairs into a batch: ref / dist [B, N, 3, P, P] uint8, positions [B, N] int64."""
+    return {key: torch.from_numpy(np.stack([item[key] for item in prepared])) for key in ("ref", "dist", "positions")}
+
+
+def _rank_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """VTAMIQ's pairwise rank loss: mean over pairs i < j of relu(-sign(t_i - t_j) (p_i - p_j)) / max(|p_i|, |p_j|)
+    (the repository's form; the division makes the term scale-free, eps keeps it finite at zero predictions)."""
+    i, j = torch.triu_indices(len(pred), len(pred), offset=1, device=pred.device)
+    order = torch.sign(target[i] - target[j])
+    wrong = torch.relu(-order * (pred[i] - pred[j]))
+    scale = torch.maximum(pred[i].abs(), pred[j].abs()) + eps
+    return (wrong / scale).mean()
+
+
+def _pearson_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """1 - r with r clamped to [0, 1], as VTAMIQ's training code does."""
+    p = pred - pred.mean()
+    t = target - target.mean()
+    r = (p / (p.norm() + eps) * (t / (t.norm() + eps))).sum()
+    return 1.0 - r.clamp(0.0, 1.0)
+
+
+def vtamiq_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """L1 + rank + 0.2 (1 - Pearson), VTAMIQ's training loss (weights 1, 1, 0.2). A batch of one has no pairs and no
+    correlation: only the L1 term counts."""
+    pred = pred.float().flatten()
+    target = target.to(pred).flatten()
+    loss = (pred - target).abs().mean()
+    if len(pred) < 2:
+        return loss
+    return loss + _rank_loss(pred, target) + 0.2 * _pearson_loss(pred, target)
