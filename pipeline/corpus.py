@@ -186,6 +186,32 @@ def build_sample_corpus(
     return rows
 
 
+PAIR_LONG_SIDE = 320  # pairs are larger than the sample's images: MS-SSIM's five scales need 176 px on each side
+
+
+def build_pair_corpus(
+    root: str, photos: tuple[str, ...] = DEFAULT_PHOTOS, levels: tuple[int, ...] = LEVELS, seed: int = 0
+) -> list[dict]:
+    """Full-reference pairs under the local folder `root`: each photo once as a lossless PNG reference, and every
+    distortion kind at each level as the item, with `ref_uri` naming its reference; level 0 once, a pixel copy of
+    the reference (PSNR at its cap). Rows: the sample corpus's columns plus ref_uri."""
+    root = os.path.abspath(root)
+    os.makedirs(os.path.join(root, "pairs"), exist_ok=True)
+    rows = []
+    for p, name in enumerate(photos):
+        photo = resize_long_side(load_photo(name), PAIR_LONG_SIDE)
+        reference = os.path.join(root, "pairs", f"{name}-reference.png")
+        Image.fromarray(photo).save(reference)
+        for k, kind in enumerate(DISTORTIONS):
+            for level in [lv for lv in levels if lv or k == 0]:
+                item_id = f"{name}-{kind}-{level}" if level else f"{name}-copy"
+                path = os.path.join(root, "pairs", f"{item_id}.png")
+                Image.fromarray(distort(photo, kind, level, seed=_item_seed(seed, p * 10 + k, level))).save(path)
+                row = _row(item_id, path, "image", name, kind if level else "none", level)
+                rows.append({**row, "ref_uri": reference})
+    return rows
+
+
 def _item_seed(seed: int, item: int, level: int) -> int:
     return int(np.random.SeedSequence([seed, item, level]).generate_state(1)[0])
 

@@ -23,8 +23,11 @@ Decisions worth knowing:
   is checked against a whitelist: column names, literals, arithmetic, comparisons, `and`/`or`/`not`, `in [...]`. No
   calls, no attributes, no subscripts, no `@` locals. It must give a boolean column; it is tried on an empty frame
   with the real column types and on the first score shard before anything is written.
-- Quantiles come from a fixed-bin histogram (bin width 0.001 on the score scale, mergeable across shards, 32 KB):
-  each quantile is exact to within one bin (0.001); min and max are exact.
+- Any kind of scorer's output is filtered the same way (pipeline.scorers): `--min-score`/`--max-score` apply to its
+  headline column (an LMM's `score`, a full-reference scorer's `fr_score`) or to `--column` (e.g. `psnr`), read
+  from the score shards' schema metadata, with the column's range.
+- Quantiles come from a fixed-bin histogram (4000 bins over the column's range, 0.001 on the 1..5 level scale;
+  mergeable across shards, 32 KB): each quantile is exact to within one bin; min and max are exact.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from pipeline.console import console
 # which the Ray workers that filter shards never need, and each worker would pay seconds to import it.
 
 QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
-BIN_WIDTH = 1e-3
+BINS = 4000  # over a column's range: 0.001 wide on the 1..5 level scale, 0.025 dB on PSNR's 0..100
 
 
 class FilterError(ValueError):
@@ -57,29 +60,28 @@ class FilterError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Levels and score histograms (shared with the report)
+# What a score shard holds, and score histograms (shared with the report)
 
 
-def level_words(schema: pa.Schema) -> list[str]:
-    """Level words, best first: from the score schema's `qcurate.levels` metadata, else the `p_*` columns' order."""
-    meta = schema.metadata or {}
-    if b"qcurate.levels" in meta:
-        words = meta[b"qcurate.levels"].decode().split(",")
-    else:
-        words = [name[2:] for name in schema.names if name.startswith("p_")]
-    if len(words) < 2:
-        raise FilterError(f"score shards name no levels (no qcurate.levels metadata, no p_* columns): {schema.names}")
-    return words
+def score_columns(schema: pa.Schema, column: str | None = None) -> tuple[object, str]:
+    """The scorer's columns of a score shard (schemas.ScoreColumns) and the column to threshold: `column`, one of
+    the scorer's numeric columns, or by default its headline column (an LMM's `score`, a full-reference `fr_score`)."""
+    from schemas import SchemaError, ScoreColumns
 
-
-def score_range(words: list[str]) -> tuple[float, float]:
-    """Q-Align's scale: the worst level scores 1, the best len(words) (1..5 for five levels)."""
-    return 1.0, float(len(words))
+    try:
+        columns = ScoreColumns.of(schema)
+    except SchemaError as e:
+        raise FilterError(f"not a score shard: {e}") from e
+    column = column or columns.score_column
+    if column not in columns.ranges:
+        numeric = list(columns.ranges)
+        raise FilterError(f"--column {column!r}: the {columns.scorer} scores' numeric columns are {numeric}")
+    return columns, column
 
 
 @dataclass
 class ScoreHistogram:
-    """Scores counted in fixed bins of BIN_WIDTH over [lo, hi] (values outside go to the edge bins).
+    """Scores counted in BINS fixed bins over [lo, hi] (values outside go to the edge bins).
 
     Mergeable across shards in constant memory; quantiles are exact to within one bin; min, max and mean exactly.
     """
@@ -93,7 +95,11 @@ class ScoreHistogram:
 
     def __post_init__(self) -> None:
         if self.counts is None:
-            self.counts = np.zeros(max(1, round((self.hi - self.lo) / BIN_WIDTH)), np.int64)
+            self.counts = np.zeros(BINS, np.int64)
+
+    @property
+    def width(self) -> float:
+        return (self.hi - self.lo) / len(self.counts)
 
     @property
     def n(self) -> int:
@@ -104,7 +110,7 @@ class ScoreHistogram:
         scores = scores[np.isfinite(scores)]
         if not len(scores):
             return
-        bins = np.clip(((scores - self.lo) / BIN_WIDTH).astype(np.int64), 0, len(self.counts) - 1)
+        bins = np.clip(((scores - self.lo) / self.width).astype(np.int64), 0, len(self.counts) - 1)
         self.counts += np.bincount(bins, minlength=len(self.counts))
         self.min, self.max = min(self.min, float(scores.min())), max(self.max, float(scores.max()))
         self.total += float(scores.sum())
@@ -122,7 +128,7 @@ class ScoreHistogram:
             return self.min if q <= 0 else self.max
         rank = q * (n - 1)  # 0-based rank of the quantile among the sorted scores
         b = int(np.searchsorted(np.cumsum(self.counts), rank, side="right"))
-        return float(np.clip(self.lo + (b + 0.5) * BIN_WIDTH, self.min, self.max))
+        return float(np.clip(self.lo + (b + 0.5) * self.width, self.min, self.max))
 
     def quantiles(self, qs: tuple[float, ...] = QUANTILES) -> dict[str, float | None]:
         return {f"q{round(q * 100):02d}": _round(self.quantile(q)) for q in qs}
@@ -233,8 +239,9 @@ class FilterConfig:
     manifest: str
     scores: str
     output: str
-    min_score: float | None = None  # keep score >= min_score
-    max_score: float | None = None  # keep score <= max_score
+    min_score: float | None = None  # keep <column> >= min_score
+    max_score: float | None = None  # keep <column> <= max_score
+    column: str | None = None  # the thresholded column; None: the scorer's headline (score, fr_score)
     where: str | None = None
     keep_errors: bool = False
     drop_missing: bool = False  # drop manifest rows (or whole shards) without committed scores instead of failing
@@ -252,7 +259,10 @@ class ShardSpec:
     """What a worker needs to filter one shard (small: shipped to every task)."""
 
     config: FilterConfig
-    words: list[str]
+    column: str  # the thresholded column, with its range (of the histograms)
+    lo: float
+    hi: float
+    words: list[str]  # a level scorer's level words, best first; [] for other scorers
     where_columns: list[str] = field(default_factory=list)
 
 
@@ -273,9 +283,8 @@ class ShardResult:
 def filter_shard(item: dict, spec: ShardSpec) -> dict:
     """Ray Data map function: filter one manifest shard by its score shard, write the kept rows, return stats."""
     cfg, words = spec.config, spec.words
-    lo, hi = score_range(words)
     result = ShardResult(item["name"], kept_per_level=np.zeros(len(words), np.int64))
-    result.hist_in, result.hist_kept = ScoreHistogram(lo, hi), ScoreHistogram(lo, hi)
+    result.hist_in, result.hist_kept = ScoreHistogram(spec.lo, spec.hi), ScoreHistogram(spec.lo, spec.hi)
     manifest = store.read_parquet(item["manifest"])
     result.rows_in = manifest.num_rows
     absent = [c for c in ("id", "uri", "media_type") if c not in manifest.column_names]
@@ -287,7 +296,7 @@ def filter_shard(item: dict, spec: ShardSpec) -> dict:
         return {"result": pickle.dumps(result)}
 
     probs = [f"p_{w}" for w in words]
-    needed = sorted({"id", "error", "score", *probs, *spec.where_columns})
+    needed = sorted({"id", "error", spec.column, *probs, *spec.where_columns})
     schema = store.read_parquet_schema(item["scores"])
     absent = [c for c in needed if c not in schema.names]
     if absent:
@@ -309,7 +318,7 @@ def filter_shard(item: dict, spec: ShardSpec) -> dict:
     aligned = scores.take(order.drop_null())  # one score row per manifest row that has one, in manifest order
 
     is_error = aligned.column("error").is_valid().to_numpy(zero_copy_only=False)
-    score = aligned.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+    score = aligned.column(spec.column).to_numpy(zero_copy_only=False).astype(np.float64)
     passes = ~is_error
     if cfg.min_score is not None:
         passes &= score >= cfg.min_score
@@ -330,7 +339,7 @@ def filter_shard(item: dict, spec: ShardSpec) -> dict:
     result.kept_errors = int((is_error & keep).sum())
     result.hist_in.add(score[~is_error])
     result.hist_kept.add(score[passes])
-    if passes.any():
+    if passes.any() and words:
         p = np.column_stack([aligned.column(c).to_numpy(zero_copy_only=False) for c in probs])[passes]
         result.kept_per_level += np.bincount(p.argmax(axis=1), minlength=len(words))
     return {"result": pickle.dumps(result)}
@@ -367,7 +376,6 @@ def _remove(url: str) -> None:
 
 def _plan(cfg: FilterConfig) -> tuple[list[dict], pa.Schema]:
     """Shard items (name, manifest URL, score URL or None) and the score schema, checked before any work."""
-    from pipeline.levels import Levels
     from pipeline.shards import Output, check_manifest_schema, list_shards
     from schemas import output_columns
 
@@ -389,15 +397,14 @@ def _plan(cfg: FilterConfig) -> tuple[list[dict], pa.Schema]:
     ]
     first = next(i["scores"] for i in items if i["scores"])
     schema = store.read_parquet_schema(first)
-    words = level_words(schema)
-    needed = ["id", "error", "score", *[f"p_{w}" for w in words]]
+    columns, _ = score_columns(schema, cfg.column)
+    needed = ["id", "error", *columns.names]
     absent = [c for c in needed if c not in schema.names]
     if absent:
         raise FilterError(f"{first}: not a score shard, missing column(s) {absent}")
     # The manifest rules of the scoring job hold here too, checked from the footers before anything is written: a
     # readable file, the manifest's columns, none named like a score column (in --where, `score` means the model's).
-    weights = tuple(float(len(words) - i) for i in range(len(words)))  # the scale of score_range
-    reserved = output_columns(Levels(tuple(words), weights))
+    reserved = output_columns(columns)
     for url in manifest_urls:
         check_manifest_schema(url, reserved)
     return items, schema
@@ -412,7 +419,9 @@ def run_filter(cfg: FilterConfig, log=console.say) -> dict:
     t0 = time.perf_counter()
     cfg = replace(cfg, manifest=absolute(cfg.manifest), scores=absolute(cfg.scores), output=absolute(cfg.output))
     items, schema = _plan(cfg)
-    words = level_words(schema)
+    columns, column = score_columns(schema, cfg.column)
+    words = list(columns.levels)
+    lo, hi = columns.ranges[column]
     where_columns: list[str] = []
     if cfg.where:  # fail on a bad expression before any output exists
         where_columns = check_where(cfg.where, schema)
@@ -420,8 +429,8 @@ def run_filter(cfg: FilterConfig, log=console.say) -> dict:
         evaluate(cfg.where, sample.slice(0, 10_000).to_pandas(), "the first score shard")
     _prepare_output(cfg)
     rules = [
-        f"score >= {cfg.min_score:g}" if cfg.min_score is not None else "",
-        f"score <= {cfg.max_score:g}" if cfg.max_score is not None else "",
+        f"{column} >= {cfg.min_score:g}" if cfg.min_score is not None else "",
+        f"{column} <= {cfg.max_score:g}" if cfg.max_score is not None else "",
         f"where {cfg.where!r}" if cfg.where else "",
         "" if cfg.keep_errors else "no errors",
     ]
@@ -432,8 +441,7 @@ def run_filter(cfg: FilterConfig, log=console.say) -> dict:
 
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    spec = ShardSpec(cfg, words, where_columns)
-    lo, hi = score_range(words)
+    spec = ShardSpec(cfg, column, lo, hi, words, where_columns)
     total = ShardResult("all", kept_per_level=np.zeros(len(words), np.int64))
     total.hist_in, total.hist_kept = ScoreHistogram(lo, hi), ScoreHistogram(lo, hi)
     shards: dict[str, dict] = {}
@@ -466,6 +474,7 @@ def run_filter(cfg: FilterConfig, log=console.say) -> dict:
         "thresholds": {
             "min_score": cfg.min_score,
             "max_score": cfg.max_score,
+            "column": column,
             "where": cfg.where,
             "keep_errors": cfg.keep_errors,
             "drop_missing": cfg.drop_missing,
@@ -480,7 +489,8 @@ def run_filter(cfg: FilterConfig, log=console.say) -> dict:
         "kept_errors": total.kept_errors,
         "kept_per_level": dict(zip(words, total.kept_per_level.tolist())),
         "score_quantiles": {
-            "method": f"fixed-bin histogram over [{lo}, {hi}], bin width {BIN_WIDTH}; min/max exact",
+            "method": f"fixed-bin histogram of {column} over [{lo}, {hi}], bin width {total.hist_in.width:g}; "
+            "min/max exact",
             "input": total.hist_in.quantiles(),
             "kept": total.hist_kept.quantiles(),
         },
@@ -503,4 +513,5 @@ def scores_run(scores: str) -> dict | None:
     if not store.exists(url):
         return None
     run = store.read_json(url)
-    return {k: run.get(k) for k in ("model", "model_revision", "task", "levels", "code_version")}
+    keys = ("scorer", "model", "model_revision", "task", "levels", "code_version")
+    return {k: run.get(k, "lmm" if k == "scorer" else None) for k in keys}

@@ -17,9 +17,10 @@ import numpy as np
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-# PSNR of two identical images is +inf; a finite cap keeps the column numeric, sortable and filterable. 100 dB is far
-# above anything a lossy codec produces on 8-bit content (MSE 1e-5 of a grey level), so it only ever means "identical".
-MAX_PSNR = 100.0
+# PSNR of two identical images is +inf; a finite cap (MAX_PSNR, 100 dB: the psnr column's range) keeps the column
+# numeric, sortable and filterable. 100 dB is far above anything a lossy codec produces on 8-bit content (MSE 1e-5 of
+# a grey level), so it only ever means "identical".
+from schemas.scores import MAX_PSNR
 
 # ITU-R BT.601 luma weights on full-range (0..255) R'G'B' -- the "Y channel" most IQA papers and MATLAB's rgb2gray use.
 BT601_WEIGHTS = (0.299, 0.587, 0.114)

@@ -1,7 +1,10 @@
-"""The scoring job on Ray Data: manifest shards -> decode + preprocess (CPU) -> scorer actors (GPU) -> score shards.
+"""The scoring job on Ray Data: manifest shards -> decode + prepare (CPU) -> scorer actors (GPU) -> score shards.
 
-    read_parquet(pending shards) -> map_batches(DecodeStage, CPU actors) -> map_batches(ScoreStage, one per GPU)
+    read_parquet(pending shards) -> map_batches(PrepareStage, CPU actors) -> map_batches(ScoreStage, one per GPU)
         -> the driver collects each shard's score rows (small: no pixels) and commits the shard once it is complete.
+
+What a stage does with a row is the kind of scorer's (pipeline.scorers: an LMM's levels, a full-reference metric);
+a kind that computes everything while preparing (PSNR, SSIM) runs no scorer actors.
 
 Decoded pixels travel between Ray workers only. A rerun skips committed shards; a shard that was not committed when
 the job died is scored again from scratch, so every manifest row ends up in the output exactly once.
@@ -24,16 +27,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import checkpoint, recipes, registry, store
+from pipeline import registry, scorers, store
 from pipeline.console import console
 from pipeline.levels import DEFAULT_LEVELS, Levels
-from pipeline.media import MediaError, MediaOptions, load_media
+from pipeline.media import MediaError, MediaOptions
 from pipeline.progress import ScoringProgress
-from pipeline.scorer import Preprocessor, Scorer
+from pipeline.scorers import Kind, ScorerArgs, step_columns
 from pipeline.shards import Output, Shard, manifest_listing, read_shard
 from pipeline.validation import validate_manifest_shards
 from pipeline.watchdog import DEFAULT_STALL_S, watch
-from schemas import MANIFEST_V1, output_columns, scores_schema, validate_scores
+from schemas import MANIFEST_V1, output_columns, validate_scores
 
 
 class JobError(RuntimeError):
@@ -44,7 +47,7 @@ class JobError(RuntimeError):
 class JobConfig:
     manifest: str
     output: str
-    model: str
+    model: str | None = None  # None: a scorer that needs no model (a classical metric)
     task: str = "quality"
     batch_size: int = 16
     num_scorers: int | None = None  # default: one per GPU in the cluster, or 1 without GPUs
@@ -58,50 +61,55 @@ class JobConfig:
     levels: Levels = field(default_factory=lambda: DEFAULT_LEVELS)
     progress_every_s: float = 10.0
     stall_timeout_s: float = DEFAULT_STALL_S  # no progress for this long in any stage: the job fails, naming it
+    scorer: str = "lmm"  # the kind of scorer (pipeline.scorers.KINDS)
 
 
-class DecodeStage:
-    """CPU stage: fetch and decode each item, then run the model's processor on it. Bad items become errors."""
+class PrepareStage:
+    """CPU stage: fetch, decode and prepare each row the kind's way (pipeline.scorers). Bad items become errors."""
 
-    def __init__(
-        self, model_path: str, task: str, levels: Levels, options: MediaOptions, recipe: str | None = None
-    ) -> None:
-        self.preprocessor = Preprocessor(registry.local_path(model_path), task, levels, recipe=recipe)
-        self.options = self.preprocessor.recipe.video.media_options(options)  # e.g. Q-ReAlign's 8 uniform frames
+    def __init__(self, kind: Kind, options: MediaOptions) -> None:
+        self.prepare = kind.preparer(options)
+        self.columns, self.keep_inputs = kind.prepared_columns, kind.runs_on_device
+        self.reads = kind.reads
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
         # "" = no error: an all-null column would come back from Arrow as floats (NaN) in the next stage
-        frames, errors, inputs = np.zeros(n, np.int32), np.full(n, "", object), np.full(n, b"", object)
-        for i, (uri, media_type) in enumerate(zip(batch["uri"], batch["media_type"])):
+        errors, inputs = np.full(n, "", object), np.full(n, b"", object)
+        values = {c: np.full(n, np.nan) for c in self.columns}
+        for i in range(n):
+            row = {k: batch[k][i] for k in ("id", "uri", "media_type", *self.reads)}
             try:
-                media = load_media(uri, media_type, self.options)
-                inputs[i] = pickle.dumps(self.preprocessor(media), protocol=5)
-                frames[i] = len(media.frames)
+                prepared = self.prepare(row)
+                inputs[i] = pickle.dumps(prepared.inputs, protocol=5)
+                for c, v in prepared.values.items():
+                    values[c][i] = v
             except MediaError as e:
                 errors[i] = str(e)
             except Exception as e:  # a processor failing on one odd item must not stop the shard
                 errors[i] = f"preprocess_error: {type(e).__name__}: {e}"
-        return {"id": batch["id"], "path": batch["path"], "frames": frames, "error": errors, "inputs": inputs}
+        out = {"id": batch["id"], "path": batch["path"], "error": errors, **values}
+        return {**out, "inputs": inputs} if self.keep_inputs else out
 
 
 class ScoreStage:
-    """Scorer actor: holds the model on its GPU (or CPU) and scores each batch in one forward pass."""
+    """Scorer actor: holds the kind's model on its GPU (or CPU) and scores each batch in one device step."""
 
-    def __init__(self, model_path: str, task: str, levels: Levels, recipe: str | None = None) -> None:
-        self.scorer = Scorer(registry.local_path(model_path), task, levels, recipe=recipe)
-        self.columns = levels.columns
+    def __init__(self, kind: Kind) -> None:
+        import torch
+
+        self.step = kind.device_step("cuda" if torch.cuda.is_available() else "cpu")
+        self.columns = step_columns(kind)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
         ok = batch["error"] == ""
-        probs = np.full((n, len(self.columns)), np.nan)
+        out = {k: v for k, v in batch.items() if k != "inputs"}
+        values = {c: np.full(n, np.nan) for c in self.columns}
         if ok.any():
-            probs[ok] = self.scorer.probabilities([pickle.loads(b) for b in batch["inputs"][ok]])
-        out = {k: batch[k] for k in ("id", "path", "frames", "error")}
-        out.update({col: probs[:, j] for j, col in enumerate(self.columns)})
-        out["score"] = self.scorer.levels.score(np.nan_to_num(probs)) * np.where(ok, 1.0, np.nan)
-        return out
+            for c, v in self.step([pickle.loads(b) for b in batch["inputs"][ok]]).items():
+                values[c][ok] = v
+        return {**out, **values}
 
 
 def code_version() -> str:
@@ -123,14 +131,12 @@ def error_kind(error: str) -> str:
     return error.split(":", 1)[0]
 
 
-def assemble(shard: Shard, results: pa.Table | None, config: JobConfig, ref: registry.ModelRef) -> pa.Table:
+def assemble(shard: Shard, results: pa.Table | None, config: JobConfig, kind: Kind) -> pa.Table:
     """The output shard: the manifest's rows in their order, score columns first, extra columns carried through."""
     manifest = read_shard(shard.url)
+    values = [c for c in kind.columns.names if c not in kind.constants]
     if results is None:  # an empty manifest shard
-        schema = pa.schema(
-            [("id", pa.string()), ("frames", pa.int32()), ("error", pa.string())]
-            + [(c, pa.float64()) for c in [*config.levels.columns, "score"]]
-        )
+        schema = pa.schema([("id", pa.string()), ("error", pa.string())] + [(c, pa.float64()) for c in values])
         results = schema.empty_table()
     order = pc.index_in(manifest.column("id"), results.column("id"))
     if order.null_count:  # the file changed after validation (rows added or replaced), or a bug
@@ -140,26 +146,24 @@ def assemble(shard: Shard, results: pa.Table | None, config: JobConfig, ref: reg
         )
     results = results.take(order)
     n = manifest.num_rows
-    schema = scores_schema(config.levels)
+    schema = kind.columns.schema()
     failed = pc.not_equal(results.column("error"), "")
-    errors = pc.if_else(failed, results.column("error"), None)
     columns = {
         "id": manifest.column("id"),
         "uri": manifest.column("uri"),
         "media_type": manifest.column("media_type"),
-        "task": pa.array([config.task] * n),
-        **{c: pc.if_else(failed, None, results.column(c)) for c in [*config.levels.columns, "score"]},
-        "frames": pc.if_else(failed, None, results.column("frames")),
-        "model": pa.array([config.model] * n),
-        "model_revision": pa.array([ref.revision] * n),
-        "error": errors,
+        **{c: pa.array([v] * n) for c, v in kind.constants.items()},
+        **{c: pc.if_else(failed, None, results.column(c)) for c in values},
+        "model": pa.array([kind.model] * n),
+        "model_revision": pa.array([kind.revision] * n, pa.string()),
+        "error": pc.if_else(failed, results.column("error"), None),
         "scored_at": pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("us", tz="UTC")),
     }
-    table = pa.table({k: v.cast(schema.field(k).type) for k, v in columns.items()}, schema=schema)
+    table = pa.table({f.name: columns[f.name].cast(f.type) for f in schema}, schema=schema)
     for name in manifest.column_names:  # extra manifest columns follow, unchanged
         if name not in table.column_names:
             table = table.append_column(manifest.schema.field(name), manifest.column(name))
-    validate_scores(table, shard.name, config.levels)
+    validate_scores(table, shard.name, kind.columns)
     return table
 
 
@@ -172,12 +176,13 @@ def check_previous_run(output: Output, run: dict, restart: bool) -> None:
     if not store.exists(run_url):
         return
     previous = store.read_json(run_url)
-    for key in ("model", "model_revision", "prompt_recipe", "task", "levels"):
+    previous.setdefault("scorer", "lmm")  # written before kinds of scorers existed
+    for key in ("scorer", "model", "model_revision", "prompt_recipe", "task", "levels"):
         if key == "prompt_recipe" and key not in previous:
             continue  # an output written before recipes were recorded: its model, revision and task still decide
-        if previous.get(key) != run[key]:
+        if previous.get(key) != run.get(key):
             raise JobError(
-                f"{output.url} holds scores with {key}={previous.get(key)!r}, this run has {run[key]!r}; "
+                f"{output.url} holds scores with {key}={previous.get(key)!r}, this run has {run.get(key)!r}; "
                 "use another --output, or --restart to delete the old scores and start over"
             )
 
@@ -185,7 +190,7 @@ def check_previous_run(output: Output, run: dict, restart: bool) -> None:
 MANIFEST_FILE = "_manifest.json"
 
 
-def checked_manifest(config: JobConfig, output: Output, log=console.say) -> list[Shard]:
+def checked_manifest(config: JobConfig, output: Output, kind: Kind, log=console.say) -> list[Shard]:
     """The manifest's shards, validated on the cluster; a rerun over an unchanged manifest (same shard names, sizes
     and ETags or mtimes, from one listing) reuses the last validation. A shard rewritten after it was committed is
     refused: its committed scores would no longer match it."""
@@ -193,7 +198,7 @@ def checked_manifest(config: JobConfig, output: Output, log=console.say) -> list
     digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
     url = store.join(output.url, MANIFEST_FILE)
     previous = store.read_json(url) if store.exists(url) else None
-    if previous and previous["digest"] == digest and previous["task"] == config.task:
+    if previous and previous["digest"] == digest and previous.get("checks") == _checks(kind):
         return [Shard(u, store.basename(u), previous["rows"][store.basename(u)]) for u in listing]
     if previous:
         committed = output.committed()
@@ -210,19 +215,25 @@ def checked_manifest(config: JobConfig, output: Output, log=console.say) -> list
         log(f"manifest changed since the last run ({previous['digest']} -> {digest}): validating it again")
     shards = validate_manifest_shards(
         list(listing),
-        videos_allowed=config.task == "quality",
-        reserved=tuple(output_columns(config.levels)),
+        videos_allowed=kind.videos_allowed,
+        reserved=tuple(output_columns(kind.columns)),
+        needs=kind.reads,
         stall_s=config.stall_timeout_s,
         log=log,
     )
     record = {
         "digest": digest,
-        "task": config.task,
+        "checks": _checks(kind),
         "listing": {store.basename(u): stat for u, stat in listing.items()},
         "rows": {s.name: s.num_rows for s in shards},
     }
     store.write_json(url, record)
     return shards
+
+
+def _checks(kind: Kind) -> dict:
+    """What a manifest's validation checked for this kind: a rerun with other checks validates again."""
+    return {"videos": kind.videos_allowed, "reserved": sorted(output_columns(kind.columns)), "needs": list(kind.reads)}
 
 
 def init_ray() -> float:
@@ -239,31 +250,31 @@ def run(config: JobConfig, log=console.say) -> dict:
     """Score every uncommitted shard of the manifest. Returns the run summary (also written to _run.json)."""
 
     t0 = time.perf_counter()
+    path = revision = None
+    if config.model:
+        try:
+            ref = registry.resolve(config.model, config.model_revision)
+        except (ValueError, OSError) as e:  # no such folder, version or hub revision; a revision on a plain folder
+            raise JobError(f"--model {config.model}: {e}") from e
+        path, revision = ref.path, ref.revision
+    args = ScorerArgs(config.model, path, revision, config.task, config.levels, config.prompt_recipe)
     try:
-        ref = registry.resolve(config.model, config.model_revision)
-    except (ValueError, OSError) as e:  # no such folder, version or hub revision; a revision on a plain folder
-        raise JobError(f"--model {config.model}: {e}") from e
+        kind = scorers.create(config.scorer, args)
+    except ValueError as e:
+        raise JobError(str(e)) from e
     output = Output(config.output)
-    # Only the small config files: the weights are the actors' to fetch, on their own nodes.
-    recipe = recipes.for_checkpoint(checkpoint.metadata_folder(ref.path), None, config.prompt_recipe)
     run_info = {
-        "model": config.model,
-        "model_path": ref.path,
-        "model_revision": ref.revision,
-        "prompt_recipe": recipe.name,
-        "task": config.task,
-        "levels": list(config.levels.words),
+        **kind.identity(),
+        "model_path": path,
         "code_version": code_version(),
         "args": {k: v for k, v in asdict(config).items() if k != "levels"},
     }
     check_previous_run(output, run_info, config.restart)
-    log(
-        f"score: {config.manifest} -> {config.output} with {config.model} ({ref.revision}; "
-        f"recipe {recipe.name}, task {config.task})"
-    )
+    what = ", ".join(f"{k} {v}" for k, v in kind.identity().items() if k not in ("scorer", "model", "levels"))
+    log(f"score: {config.manifest} -> {config.output} with {kind.name} {kind.model} ({what})")
 
     ray_start_s = init_ray()
-    shards = checked_manifest(config, output, log)  # a bad manifest fails here, before any scoring
+    shards = checked_manifest(config, output, kind, log)  # a bad manifest fails here, before any scoring
     committed = output.committed()
     pending = [s for s in shards if s.name not in committed]
     log(
@@ -277,9 +288,9 @@ def run(config: JobConfig, log=console.say) -> dict:
     short: dict[str, str] = {}
     t_score = time.perf_counter()
     for shard in [s for s in pending if s.num_rows == 0]:  # nothing to score: commit the empty shard now
-        counts += _commit(shard, [], config, ref, output)
+        counts += _commit(shard, [], config, kind, output)
     if any(s.num_rows for s in pending):
-        scored, timing, short = _score([s for s in pending if s.num_rows], config, ref, output, log)
+        scored, timing, short = _score([s for s in pending if s.num_rows], config, kind, output, log)
         counts += scored
     scoring_s = time.perf_counter() - t_score
 
@@ -331,7 +342,7 @@ def run(config: JobConfig, log=console.say) -> dict:
 
 
 def _score(
-    pending: list[Shard], config: JobConfig, ref: registry.ModelRef, output: Output, log
+    pending: list[Shard], config: JobConfig, kind: Kind, output: Output, log
 ) -> tuple[Counter, dict[str, float], dict[str, str]]:
     """Run the pipeline over the pending shards, committing each as it completes. Returns counts, timings (the time
     to the first scored rows, i.e. actor start-up and model load, and the steady rate after it) and the shards that
@@ -346,6 +357,8 @@ def _score(
     resources = ray.cluster_resources()
     gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 1)
     num_scorers = config.num_scorers or max(1, int(gpus / config.gpus_per_scorer))
+    if not kind.runs_on_device:  # preparation computes everything: no scorer actors, every CPU decodes
+        num_scorers = 0
     scorer_gpus = config.gpus_per_scorer if gpus else 0
     # Logical CPUs. Ray Data's file listing takes a whole CPU at the start, and the decoder pool starts with one actor,
     # so actors never starve the listing; reads are I/O (a quarter CPU). On small machines decoders and CPU scorers
@@ -363,7 +376,6 @@ def _score(
 
     fs, _ = store.arrow_filesystem(pending[0].url)
     paths = [store.filesystem(s.url)[1] for s in pending]
-    stage_args = dict(model_path=ref.path, task=config.task, levels=config.levels, recipe=config.prompt_recipe)
     try:
         source = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, partitioning=None, num_cpus=0.25)
     except ValueError as e:
@@ -376,28 +388,29 @@ def _score(
         # Only what the stages need (Ray pushes this down into the read). Extra manifest columns reach the output
         # from the file itself, in `assemble`: a manifest's own `path` column is replaced here by the file's path,
         # which only routes rows to their shard, and is written to the output unchanged.
-        .select_columns([*MANIFEST_V1.names, "path"])
+        .select_columns([*MANIFEST_V1.names, *kind.reads, "path"])
         # Small manifest files are read as one block; split into blocks of a few batches so that decoding and
         # scoring overlap (streaming) and finished rows reach the driver, and its commits, early.
         .repartition(target_num_rows_per_block=config.batch_size * 8)
         .map_batches(
-            DecodeStage,
-            fn_constructor_kwargs={**stage_args, "options": options},
+            PrepareStage,
+            fn_constructor_kwargs={"kind": kind, "options": options},
             batch_size=config.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders),
             num_cpus=unit,
         )
-        .map_batches(
+    )
+    if num_scorers:
+        ds = ds.map_batches(
             ScoreStage,
-            fn_constructor_kwargs=stage_args,
+            fn_constructor_kwargs={"kind": kind},
             batch_size=config.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=num_scorers),
             num_gpus=scorer_gpus,
             num_cpus=scorer_cpus,
         )
-    )
     by_path = {p: s for p, s in zip(paths, pending)}
     parts: dict[str, list[pa.Table]] = defaultdict(list)
     seen: Counter = Counter()
@@ -417,7 +430,7 @@ def _score(
             parts[shard.name].append(part)
             seen[shard.name] += part.num_rows
             if seen[shard.name] == shard.num_rows:
-                counts += _commit(shard, parts.pop(shard.name), config, ref, output)
+                counts += _commit(shard, parts.pop(shard.name), config, kind, output)
         max_partial = max(max_partial, len(parts))
         progress.update(block.num_rows, errors, counts["shards"])
     progress.close()
@@ -442,8 +455,8 @@ def _short_shards(pending: list[Shard], seen: Counter) -> dict[str, str]:
     return {s.name: f"{seen[s.name]} of {s.num_rows} rows" for s in pending if seen[s.name] < s.num_rows}
 
 
-def _commit(shard: Shard, parts: list[pa.Table], config: JobConfig, ref: registry.ModelRef, output: Output) -> Counter:
-    table = assemble(shard, pa.concat_tables(parts) if parts else None, config, ref)
+def _commit(shard: Shard, parts: list[pa.Table], config: JobConfig, kind: Kind, output: Output) -> Counter:
+    table = assemble(shard, pa.concat_tables(parts) if parts else None, config, kind)
     errors = [e for e in table.column("error").to_pylist() if e is not None]
     by_kind = Counter(error_kind(e) for e in errors)
     output.commit(shard.name, table, {"errors": len(errors), "errors_by_kind": dict(by_kind)})

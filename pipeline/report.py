@@ -1,8 +1,10 @@
 """A self-contained HTML report of a scoring run: open it from disk, no server, no network.
 
-It shows the score histogram, the mean level probabilities, a per-level breakdown (argmax level), error counts by
-kind, and thumbnail strips of the lowest and highest scored items (a video shows its middle sampled frame). With a
-threshold it shows what `--min-score` would keep and drop, and marks it on the histogram.
+It shows the score histogram, error counts by kind, and thumbnail strips of the lowest and highest scored items (a
+video shows its middle sampled frame). For a level scorer (an LMM) also the mean level probabilities and a per-level
+breakdown (argmax level); for a full-reference scorer, its score against PSNR and each pair side by side
+(reference | distorted). With a threshold it shows what `--min-score` would keep and drop, and marks it on the
+histogram. What kind of scorer wrote the shards, and so what their headline column is, their schema says.
 
 The score shards are read one at a time and only their statistics are kept (a fixed-bin histogram, sums, counts and
 the N lowest/highest rows), so memory does not grow with the run's size. Plots are drawn by matplotlib's Agg canvas
@@ -29,17 +31,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from pipeline import store
-from pipeline.curation import (
-    BIN_WIDTH,
-    FilterConfig,
-    FilterError,
-    ScoreHistogram,
-    absolute,
-    level_words,
-    run_filter,
-    score_range,
-    scores_run,
-)
+from pipeline.curation import FilterConfig, FilterError, ScoreHistogram, absolute, run_filter, score_columns, scores_run
 from pipeline.media import MediaError, MediaOptions, load_media
 from pipeline.shards import Output, list_shards
 
@@ -49,6 +41,7 @@ KEPT_COLOUR = "#2a6fdb"  # the histogram's kept bars, and every plot's main colo
 DROPPED_COLOUR = "#c8553d"
 # Videos: 1 fps samples capped at 3 frames (first, middle, last): the thumbnail is the middle one.
 THUMB_MEDIA = MediaOptions(sample_fps=1.0, max_frames=3)
+GRID = 50  # bins per axis of the score-against-PSNR density (bounded memory, mergeable across shards)
 
 
 @dataclass
@@ -58,6 +51,7 @@ class Item:
     uri: str
     media_type: str
     extras: dict = field(default_factory=dict)
+    ref_uri: str | None = None  # full-reference scores: the reference, shown beside the item
 
 
 @dataclass
@@ -66,8 +60,12 @@ class ReportData:
 
     scores: str
     manifest: str | None
-    words: list[str]
+    words: list[str]  # level scorers' level words; [] for full-reference scorers
     hist: ScoreHistogram
+    column: str = "score"  # the headline column (pipeline.curation.score_columns)
+    scorer: str = "lmm"
+    against_psnr: np.ndarray | None = None  # full-reference: [GRID, GRID] counts of (psnr, score)
+    psnr_range: tuple[float, float] = (0.0, 100.0)
     run: dict | None = None
     shards: int = 0
     rows: int = 0
@@ -115,10 +113,15 @@ def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_sco
     if not urls:
         raise FilterError(f"no committed score shards in {scores}")
     manifest_urls = {store.basename(u): u for u in list_shards(manifest)} if manifest else {}
-    words = level_words(store.read_parquet_schema(urls[0]))
+    columns, column = score_columns(store.read_parquet_schema(urls[0]))
+    words = list(columns.levels)
     probs = [f"p_{w}" for w in words]
     n = len(words)
-    data = ReportData(scores, manifest, words, ScoreHistogram(*score_range(words)), run=scores_run(scores))
+    hist = ScoreHistogram(*columns.ranges[column])
+    data = ReportData(scores, manifest, words, hist, column, columns.scorer, run=scores_run(scores))
+    full_reference = "psnr" in columns.ranges
+    if full_reference:
+        data.against_psnr, data.psnr_range = np.zeros((GRID, GRID), np.int64), columns.ranges["psnr"]
     data.prob_sums, data.level_counts, data.level_score_sums = np.zeros(n), np.zeros(n, np.int64), np.zeros(n)
     data.level_mos_sums, data.level_mos_counts = np.zeros(n), np.zeros(n, np.int64)
     data.min_score, data.kept = min_score, 0 if min_score is not None else None
@@ -129,7 +132,8 @@ def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_sco
         name = store.basename(url)
         names = store.read_parquet_schema(url).names
         captions = [c for c in CAPTION_COLUMNS if c in names]
-        table = store.read_parquet(url, columns=["id", "uri", "media_type", "score", "error", *probs, *captions])
+        pair = ["ref_uri", "psnr"] if full_reference and "ref_uri" in names else []
+        table = store.read_parquet(url, columns=["id", "uri", "media_type", column, "error", *probs, *captions, *pair])
         extra = [c for c in CAPTION_COLUMNS if c not in names]
         if extra and name in manifest_urls:  # caption columns the score shard lacks, from the same-named shard
             table = _join_manifest(table, manifest_urls[name], extra)
@@ -138,18 +142,23 @@ def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_sco
         errors = table.column("error")
         data.errors_by_kind.update(e.split(":", 1)[0] for e in errors.drop_null().to_pylist())
         scored = table.filter(errors.is_null())
-        s = scored.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+        s = scored.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
         data.hist.add(s)
         if min_score is not None:
             data.kept += int((s >= min_score).sum())
         if not scored.num_rows:
             continue
-        p = np.column_stack([scored.column(c).to_numpy(zero_copy_only=False) for c in probs])
-        level = p.argmax(axis=1)
-        data.prob_sums += p.sum(axis=0)
-        data.level_counts += np.bincount(level, minlength=n)
-        data.level_score_sums += np.bincount(level, weights=s, minlength=n)
-        if "mos" in scored.column_names and pa.types.is_floating(scored.schema.field("mos").type):
+        if pair:
+            psnr = scored.column("psnr").to_numpy(zero_copy_only=False).astype(np.float64)
+            edges = (np.linspace(*data.psnr_range, GRID + 1), np.linspace(hist.lo, hist.hi, GRID + 1))
+            data.against_psnr += np.histogram2d(psnr, s, bins=edges)[0].astype(np.int64)
+        p = np.column_stack([scored.column(c).to_numpy(zero_copy_only=False) for c in probs]) if probs else None
+        if p is not None:
+            level = p.argmax(axis=1)
+            data.prob_sums += p.sum(axis=0)
+            data.level_counts += np.bincount(level, minlength=n)
+            data.level_score_sums += np.bincount(level, weights=s, minlength=n)
+        if p is not None and "mos" in scored.column_names and pa.types.is_floating(scored.schema.field("mos").type):
             mos = scored.column("mos").to_numpy(zero_copy_only=False).astype(np.float64)
             ok = np.isfinite(mos)
             data.level_mos_sums += np.bincount(level[ok], weights=mos[ok], minlength=n)
@@ -159,7 +168,14 @@ def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_sco
         for rows, highest in ((order[:n_thumbs], False), (order[::-1][:n_thumbs], True)):
             picked = scored.take(pa.array(rows)).to_pylist()
             candidates = [
-                Item(r["score"], r["id"], r["uri"], r["media_type"], {c: r[c] for c in CAPTION_COLUMNS if c in r})
+                Item(
+                    r[column],
+                    r["id"],
+                    r["uri"],
+                    r["media_type"],
+                    {c: r[c] for c in CAPTION_COLUMNS if c in r},
+                    r.get("ref_uri"),
+                )
                 for r in picked
             ]
             if highest:
@@ -200,13 +216,13 @@ def _histogram_plot(data: ReportData) -> str:
         lo_bin, hi_bin = 0, len(hist.counts)
         if hist.max - hist.min < 1.0:
             pad = max(0.01, 0.1 * (hist.max - hist.min))
-            lo_bin = max(0, int((hist.min - pad - hist.lo) / BIN_WIDTH))
-            hi_bin = min(len(hist.counts), int((hist.max + pad - hist.lo) / BIN_WIDTH) + 1)
+            lo_bin = max(0, int((hist.min - pad - hist.lo) / hist.width))
+            hi_bin = min(len(hist.counts), int((hist.max + pad - hist.lo) / hist.width) + 1)
         group = max(1, -(-(hi_bin - lo_bin) // 40))  # about 40 bars
         counts = hist.counts[lo_bin:hi_bin]
         counts = np.pad(counts, (0, -len(counts) % group)).reshape(-1, group).sum(axis=1)
-        left = hist.lo + (lo_bin + np.arange(len(counts)) * group) * BIN_WIDTH
-        width = group * BIN_WIDTH
+        left = hist.lo + (lo_bin + np.arange(len(counts)) * group) * hist.width
+        width = group * hist.width
         colours = [
             DROPPED_COLOUR if data.min_score is not None and x + width / 2 < data.min_score else KEPT_COLOUR
             for x in left
@@ -223,9 +239,23 @@ def _histogram_plot(data: ReportData) -> str:
                 fontsize=9,
             )
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("score")
+    ax.set_xlabel(data.column)
     ax.set_ylabel("items")
     ax.set_title(f"Score histogram ({hist.n} scored items)")
+    return _png(fig)
+
+
+def _against_psnr_plot(data: ReportData) -> str:
+    """The density of (PSNR, score) pairs: where a learned full-reference score agrees with PSNR, and where not."""
+    fig = Figure(figsize=(6.0, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    counts = np.ma.masked_equal(data.against_psnr.T, 0)  # empty cells stay blank
+    x, y = np.linspace(*data.psnr_range, GRID + 1), np.linspace(data.hist.lo, data.hist.hi, GRID + 1)
+    mesh = ax.pcolormesh(x, y, counts, cmap="Blues", shading="flat")
+    fig.colorbar(mesh, ax=ax, label="pairs")
+    ax.set_xlabel("PSNR (dB, luminance)")
+    ax.set_ylabel(f"{data.column} ({data.scorer})")
+    ax.set_title("Score against PSNR")
     return _png(fig)
 
 
@@ -240,10 +270,10 @@ def _bar_plot(labels: list[str], values: np.ndarray, title: str, ylabel: str, fm
     return _png(fig)
 
 
-def _thumbnail(item: Item) -> str | None:
+def _thumbnail(uri: str, media_type: str = "image") -> str | None:
     """A JPEG data URI of the item (a video's middle sampled frame), THUMB_PX on the long side; None if unloadable."""
     try:
-        media = load_media(item.uri, item.media_type, THUMB_MEDIA)
+        media = load_media(uri, media_type, THUMB_MEDIA)
     except MediaError:
         return None
     image = Image.fromarray(media.frames[len(media.frames) // 2])
@@ -268,6 +298,7 @@ th:first-child, td:first-child { text-align: left; }
 .thumb { width: 160px; font-size: 11px; color: #444; overflow-wrap: anywhere; }
 .thumb img, .missing { width: 160px; height: 160px; object-fit: contain; background: #f2f2f2; display: block; }
 .missing { display: flex; align-items: center; justify-content: center; color: #999; }
+.pair { display: flex; gap: 6px; }
 .score { font-weight: bold; font-size: 13px; color: #222; }
 .kept { color: #2a6fdb; font-weight: bold; } .dropped { color: #c8553d; font-weight: bold; }
 """
@@ -283,17 +314,26 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _picture(uri: str | None, alt: str) -> str:
+    return f'<img src="{uri}" alt="{_e(alt)}">' if uri else '<div class="missing">unavailable</div>'
+
+
 def _strip(items: list[Item], min_score: float | None) -> str:
+    """Thumbnails with their scores; a full-reference pair as reference | distorted."""
     with ThreadPoolExecutor(max_workers=8) as pool:  # object-store reads overlap
-        thumbs = list(pool.map(_thumbnail, items))
+        thumbs = list(pool.map(_thumbnail, [i.uri for i in items], [i.media_type for i in items]))
+        refs = list(pool.map(lambda i: _thumbnail(i.ref_uri) if i.ref_uri else None, items))
     cells = []
-    for item, uri in zip(items, thumbs):
-        picture = f'<img src="{uri}" alt="{_e(item.id)}">' if uri else '<div class="missing">unavailable</div>'
+    for item, uri, ref in zip(items, thumbs, refs):
+        picture = _picture(uri, item.id)
+        if item.ref_uri:
+            picture = f'<div class="pair">{_picture(ref, "reference of " + item.id)}{picture}</div>'
         extras = " · ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in item.extras.items())
         video = " (video, middle frame)" if item.media_type == "video" else ""
         verdict = "" if min_score is None else (" kept" if item.score >= min_score else " dropped")
+        width = ' style="width: 330px"' if item.ref_uri else ""
         cells.append(
-            f'<div class="thumb">{picture}<div class="score{verdict}">{item.score:.3f}</div>'
+            f'<div class="thumb"{width}>{picture}<div class="score{verdict}">{item.score:.3f}</div>'
             f"<div>{_e(item.id)}{_e(video)}</div><div>{_e(extras)}</div></div>"
         )
     return f'<div class="strip">{"".join(cells)}</div>' if cells else "<p>No scored items.</p>"
@@ -303,15 +343,16 @@ def render(data: ReportData, out_dir: str) -> str:
     """Write `<out_dir>/index.html` and return its path (an absolute path for a local folder)."""
     scored = max(data.scored, 1)
     run = data.run or {}
+    task = f", task {run['task']}" if run.get("task") else ""
     facts = [
         ["scores", data.scores],
-        ["model", f"{run.get('model', '?')} @ {run.get('model_revision', '?')}, task {run.get('task', '?')}"],
+        ["scorer", f"{data.scorer}: {run.get('model', '?')} @ {run.get('model_revision', '?')}{task}"],
         ["score shards (committed)", data.shards],
         ["score rows", data.rows],
         ["scored", data.scored],
         ["errors", data.errors],
-        ["mean score", f"{data.hist.mean():.3f}" if data.hist.n else "-"],
-        ["median score", f"{data.hist.quantile(0.5):.3f}" if data.hist.n else "-"],
+        [f"mean {data.column}", f"{data.hist.mean():.3f}" if data.hist.n else "-"],
+        [f"median {data.column}", f"{data.hist.quantile(0.5):.3f}" if data.hist.n else "-"],
     ]
     if data.manifest:
         facts[1:1] = [["manifest", data.manifest], ["manifest rows", data.manifest_rows]]
@@ -339,9 +380,21 @@ def render(data: ReportData, out_dir: str) -> str:
     level_header += ["mean MOS"] if data.level_mos_counts.sum() else []
     errors = sorted(data.errors_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
     errors_html = _table(["kind", "rows"], [[k, v] for k, v in errors]) if errors else "<p>No errors.</p>"
-    histogram = _histogram_plot(data)
-    mean_probs = _bar_plot(data.words, data.prob_sums / scored, "Mean level probabilities", "probability", "{:.3f}")
-    per_level = _bar_plot(data.words, data.level_counts, "Items per level (argmax)", "items", "{:d}")
+    panels = [f'<div><h2>Score histogram</h2><img id="histogram" src="{_histogram_plot(data)}" alt="histogram"></div>']
+    if data.words:  # a level scorer's
+        mean_probs = _bar_plot(data.words, data.prob_sums / scored, "Mean level probabilities", "probability", "{:.3f}")
+        per_level = _bar_plot(data.words, data.level_counts, "Items per level (argmax)", "items", "{:d}")
+        panels += [
+            f'<div><h2>Mean level probabilities</h2><img id="levels" src="{mean_probs}" alt="level probabilities">'
+            "</div>",
+            f'<div><h2>Per level (argmax)</h2><img id="argmax" src="{per_level}" alt="items per level">'
+            f"{_table(level_header, level_rows)}</div>",
+        ]
+    if data.against_psnr is not None:  # a full-reference scorer's
+        density = _against_psnr_plot(data)
+        panels.append(f'<div><h2>Score against PSNR</h2><img id="psnr" src="{density}" alt="score against PSNR"></div>')
+    panels.append(f"<div><h2>Errors by kind</h2>{errors_html}</div>")
+    what = "pairs: reference | distorted, " if data.against_psnr is not None else ""
 
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>qcurate report</title><style>{CSS}</style></head>
@@ -351,14 +404,10 @@ def render(data: ReportData, out_dir: str) -> str:
 <h2>Summary</h2>{_table(["", ""], facts)}
 {threshold}
 <div class="grid">
-<div><h2>Score histogram</h2><img id="histogram" src="{histogram}" alt="score histogram"></div>
-<div><h2>Mean level probabilities</h2><img id="levels" src="{mean_probs}" alt="mean level probabilities"></div>
-<div><h2>Per level (argmax)</h2><img id="argmax" src="{per_level}" alt="items per level">
-{_table(level_header, level_rows)}</div>
-<div><h2>Errors by kind</h2>{errors_html}</div>
+{"".join(panels)}
 </div>
-<h2>Lowest scored ({len(data.lowest)})</h2>{_strip(data.lowest, data.min_score)}
-<h2>Highest scored ({len(data.highest)})</h2>{_strip(data.highest, data.min_score)}
+<h2>Lowest scored ({what}{len(data.lowest)})</h2>{_strip(data.lowest, data.min_score)}
+<h2>Highest scored ({what}{len(data.highest)})</h2>{_strip(data.highest, data.min_score)}
 </body></html>
 """
     out = store.join(absolute(out_dir), "index.html")

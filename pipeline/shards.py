@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import store
-from schemas import LOST_IN_OUTPUT, MANIFEST_V1, SchemaError, check_columns, check_reserved, validate_manifest
+from schemas import LOST_IN_OUTPUT, MANIFEST_V1, OPTIONAL, SchemaError, check_columns, check_reserved, validate_manifest
 
 
 def list_shards(manifest: str, recursive: bool = False) -> list[str]:
@@ -87,22 +87,25 @@ def read_shard(url: str, columns: list[str] | None = None) -> pa.Table:
         raise unreadable(url, e) from e
 
 
-def check_manifest_schema(url: str, reserved: Collection[str] = ()) -> pa.Schema:
-    """A shard's schema: readable, with the manifest's columns, and none named like a score output column."""
+def check_manifest_schema(url: str, reserved: Collection[str] = (), needs: Collection[str] = ()) -> pa.Schema:
+    """A shard's schema: readable, with the manifest's columns (and the optional ones in `needs`: the scorer reads
+    them), the optional columns it has of their types, and none named like a score output column."""
     schema = read_shard_schema(url)
     check_columns(schema, MANIFEST_V1, url)  # a missing column, named, before reading
+    optional = [pa.field(n, t) for n, t in OPTIONAL.items() if n in needs or n in schema.names]
+    check_columns(schema, pa.schema(optional), url)
     check_reserved(schema, reserved, url, LOST_IN_OUTPUT)
     return schema
 
 
-def read_valid_shard(url: str, reserved: Collection[str] = ()) -> tuple[Shard, pa.Table]:
+def read_valid_shard(url: str, reserved: Collection[str] = (), needs: Collection[str] = ()) -> tuple[Shard, pa.Table]:
     """One manifest shard, checked against the manifest schema alone (pipeline.validation checks ids across
     shards, on the cluster). Returns the shard and its manifest columns.
 
     `reserved`: the names of the columns the output adds (schemas.output_columns); a manifest column with one of
     them is refused, since its values would be replaced in the output.
     """
-    check_manifest_schema(url, reserved)
+    check_manifest_schema(url, reserved, needs)
     table = read_shard(url, columns=MANIFEST_V1.names)
     validate_manifest(table, url)
     return Shard(url, store.basename(url), table.num_rows), table

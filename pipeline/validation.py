@@ -62,13 +62,15 @@ class IdBucket:
         return len(self.groups), self.groups[offset : offset + limit]
 
 
-def _check_shard(url: str, index: int, n_buckets: int, videos_allowed: bool, reserved: tuple[str, ...]) -> tuple:
+def _check_shard(
+    url: str, index: int, n_buckets: int, videos_allowed: bool, reserved: tuple[str, ...], needs: tuple[str, ...]
+) -> tuple:
     """One shard's checks. Returns (url, rows, index), then its id hashes split into one array per bucket.
 
     The task hands its hashes back rather than calling the buckets itself: a task blocked in ray.get lends its CPU
     out, so Ray starts another worker process for the next shard, and on a small node that process churn cost more
     than the checks (2 CPUs were slower than 1)."""
-    shard, table = read_valid_shard(url, reserved)
+    shard, table = read_valid_shard(url, reserved, needs)
     if not videos_allowed and pc.any(pc.equal(table.column("media_type"), "video")).as_py():
         raise SchemaError(url, "media_type", "videos are scored for quality only, not for this task")
     hashes = id_hashes(table.column("id").combine_chunks())
@@ -86,6 +88,7 @@ def validate_manifest_shards(
     urls: list[str],
     videos_allowed: bool = True,
     reserved: tuple[str, ...] = (),
+    needs: tuple[str, ...] = (),
     # A shard's check is CPU work (Parquet decode, uniqueness, hashing): a whole CPU each. A quarter CPU each was
     # 4x slower on 2 CPUs (10 M rows: 49 s vs 12 s), four worker processes a core contending.
     cpus_per_task: float = 1.0,
@@ -93,7 +96,8 @@ def validate_manifest_shards(
     log=console.say,
 ) -> list[Shard]:
     """Check every shard of a manifest on the cluster (see the module docstring); raise SchemaError on the first
-    problem, naming the shard and the column. `reserved`: column names the output adds, refused in a manifest.
+    problem, naming the shard and the column. `reserved`: column names the output adds, refused in a manifest;
+    `needs`: optional manifest columns (schemas.OPTIONAL) that the scorer reads, required here.
     Returns the shards in URL order."""
     import ray
 
@@ -113,7 +117,7 @@ def validate_manifest_shards(
         while todo or pending:
             while todo and len(pending) < window:
                 index, url = todo.pop(0)
-                summary, *parts = check.remote(url, index, len(buckets), videos_allowed, reserved)
+                summary, *parts = check.remote(url, index, len(buckets), videos_allowed, reserved, needs)
                 pending[summary] = parts
             done, _ = wait_or_fail(list(pending), stall_s, "manifest validation (shard checks)")
             for ref in done:

@@ -2,8 +2,17 @@
 
 from schemas.core import MAX_ID_BYTES, SchemaError, check_columns, check_ids, check_reserved, check_unique_ids
 from schemas.labels import LABEL_SPLITS, LABEL_TASKS, LABELS_V1, validate_labels
-from schemas.manifest import MANIFEST_V1, validate_manifest
-from schemas.scores import LOST_IN_OUTPUT, SCORES_VERSION, output_columns, scores_schema, validate_scores
+from schemas.manifest import MANIFEST_V1, OPTIONAL, validate_manifest
+from schemas.scores import (
+    LOST_IN_OUTPUT,
+    SCORES_VERSION,
+    ScoreColumns,
+    fr_columns,
+    level_columns,
+    output_columns,
+    scores_schema,
+    validate_scores,
+)
 
 __all__ = [
     "LABELS_V1",
@@ -12,12 +21,16 @@ __all__ = [
     "LABEL_TASKS",
     "MANIFEST_V1",
     "MAX_ID_BYTES",
+    "OPTIONAL",
     "SCORES_VERSION",
     "SchemaError",
+    "ScoreColumns",
     "check_columns",
     "check_ids",
     "check_reserved",
     "check_unique_ids",
+    "fr_columns",
+    "level_columns",
     "output_columns",
     "scores_schema",
     "validate_labels",

@@ -17,6 +17,9 @@ MANIFEST_V1 = pa.schema(
     ],
     metadata={"qcurate.schema": "manifest/v1"},
 )
+# Optional columns, checked for their type when present. `ref_uri`: the reference (pristine original) of the item,
+# which full-reference scorers compare it with; same URI rules as `uri`. A null or empty one is a row's error there.
+OPTIONAL = {"ref_uri": pa.string()}
 
 
 def validate_manifest(table: pa.Table, source: str) -> None:

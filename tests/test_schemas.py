@@ -7,7 +7,15 @@ import pytest
 from pipeline import store
 from pipeline.levels import DEFAULT_LEVELS, Levels
 from pipeline.shards import read_valid_shard
-from schemas import MAX_ID_BYTES, SchemaError, output_columns, scores_schema, validate_manifest, validate_scores
+from schemas import (
+    MAX_ID_BYTES,
+    SchemaError,
+    level_columns,
+    output_columns,
+    scores_schema,
+    validate_manifest,
+    validate_scores,
+)
 
 
 def manifest(**overrides):
@@ -95,7 +103,7 @@ def test_unreadable_shard_files_are_named(tmp_path, monkeypatch):
 
 
 def test_columns_named_like_output_columns_are_refused_naming_shard_and_columns(tmp_path):
-    reserved = output_columns(DEFAULT_LEVELS)
+    reserved = output_columns(level_columns(DEFAULT_LEVELS))
     assert reserved == {
         "task",
         *DEFAULT_LEVELS.columns,
@@ -115,12 +123,13 @@ def test_columns_named_like_output_columns_are_refused_naming_shard_and_columns(
     custom = Levels(("high", "low"), (2.0, 1.0))
     with pytest.raises(SchemaError, match="p_high"):
         read_valid_shard(
-            write_shard(tmp_path / "part-00002.parquet", manifest(p_high=[0.5, 0.5])), output_columns(custom)
+            write_shard(tmp_path / "part-00002.parquet", manifest(p_high=[0.5, 0.5])),
+            output_columns(level_columns(custom)),
         )
 
 
 def test_scores_schema_has_one_float_column_per_level_and_checks_scores():
-    schema = scores_schema(DEFAULT_LEVELS)
+    schema = scores_schema(level_columns(DEFAULT_LEVELS))
     assert [f for f in schema.names if f.startswith("p_")] == [
         "p_excellent",
         "p_good",

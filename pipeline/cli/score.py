@@ -1,7 +1,10 @@
-"""Score a corpus with a Q-Align-style scorer on Ray, one output shard per manifest shard, resumable.
+"""Score a corpus on Ray, one output shard per manifest shard, resumable: with a Q-Align-style LMM (the default), or
+with a full-reference scorer against each row's ref_uri (psnr, ssim, ms-ssim, or a vtamiq model folder).
 
 examples:
   qcurate score --manifest manifests/sample --output scores/run1 --model models/onealign
+  qcurate score --manifest manifests/pairs --output scores/ssim --scorer ms-ssim
+  qcurate score --manifest manifests/pairs --output scores/vtamiq --scorer vtamiq --model models/vtamiq
   ray job submit --working-dir . -- python jobs/score_dataset.py \\
       --manifest s3://bucket/manifests/ds --output s3://bucket/scores/run1 --model s3://bucket/models/qalign
   qcurate score ... --restart          # delete an existing output and score everything again
@@ -17,6 +20,7 @@ import argparse
 from pipeline.cli import Command
 from pipeline.job import JobConfig, JobError, run
 from pipeline.recipes import RECIPES
+from pipeline.scorers import KINDS
 from pipeline.watchdog import DEFAULT_STALL_S, StallError
 from schemas import SchemaError
 
@@ -24,7 +28,15 @@ from schemas import SchemaError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="folder (or glob) of manifest Parquet shards, any fsspec URL")
     p.add_argument("--output", required=True, help="output folder for score shards, any fsspec URL")
-    p.add_argument("--model", required=True, help="model folder, hub id, or registry entry (folder with CURRENT)")
+    p.add_argument(
+        "--scorer",
+        choices=KINDS,
+        default="lmm",
+        help="kind of scorer: an LMM reading level words (default), or full-reference against ref_uri",
+    )
+    p.add_argument(
+        "--model", help="model folder, hub id, or registry entry (folder with CURRENT); not for psnr/ssim/ms-ssim"
+    )
     p.add_argument(
         "--model-revision",
         help="hub id: branch, tag, commit or refs/pr/N (default main); registry entry: version (default CURRENT)",
@@ -51,7 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def configure(a: argparse.Namespace, p: argparse.ArgumentParser) -> JobConfig:
     if a.batch_size < 1 or a.max_frames < 1 or a.fps <= 0 or not 0 <= a.max_error_rate <= 1:
         p.error("--batch-size and --max-frames must be >= 1, --fps > 0, --max-error-rate in [0, 1]")
+    if a.scorer in ("lmm", "vtamiq") and not a.model:
+        p.error(f"--scorer {a.scorer} needs --model")
     return JobConfig(
+        scorer=a.scorer,
         manifest=a.manifest,
         output=a.output,
         model=a.model,

@@ -75,6 +75,9 @@ class VTAMIQConfig:
     dropout: float = 0.2
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # The scale of the labels the regressor was trained on (training targets are the MOS mapped onto 0..1 from
+    # it; pipeline.vtamiq_training); the scorer maps outputs back onto it.
+    score_scale: tuple[float, float] = (0.0, 1.0)
 
     def vit_config(self) -> ViTConfig:
         return ViTConfig.from_dict(self.vit)
@@ -91,7 +94,7 @@ class VTAMIQConfig:
     @classmethod
     def from_dict(cls, data: dict) -> VTAMIQConfig:
         data = {k: v for k, v in data.items() if k != "model_type"}
-        for key in ("image_mean", "image_std"):
+        for key in ("image_mean", "image_std", "score_scale"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)

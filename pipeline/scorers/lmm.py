@@ -1,0 +1,89 @@
+"""`lmm`: an LMM asked "the quality of the image is <level>", read back as level probabilities and a score.
+
+Preparation decodes the item and runs the model's own processor on it (pipeline.scorer.Preprocessor); the device
+step is one forward pass per batch, reading the level words' next-token logits only (pipeline.scorer.Scorer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline import checkpoint, recipes, registry
+from pipeline.levels import DEFAULT_LEVELS, Levels
+from pipeline.media import MediaOptions, load_media
+from pipeline.scorers import Prepared, ScorerArgs
+from pipeline.syllabus import augment
+from schemas.scores import ScoreColumns, level_columns
+
+
+@dataclass
+class LevelScorer:
+    model: str
+    model_path: str
+    revision: str | None = None
+    task: str = "quality"
+    levels: Levels = DEFAULT_LEVELS
+    recipe: str | None = None  # None: the checkpoint's own
+    recipe_name: str = ""  # the recipe that applies, resolved on the driver from the small config files
+    name: str = "lmm"
+    reads: tuple[str, ...] = ()
+    prepared_columns: tuple[str, ...] = ("frames",)
+    runs_on_device: bool = True
+    constants: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.constants = {"task": self.task}
+
+    @property
+    def columns(self) -> ScoreColumns:
+        return level_columns(self.levels)
+
+    @property
+    def videos_allowed(self) -> bool:
+        return self.task == "quality"  # the other tasks' prompts speak of images
+
+    def identity(self) -> dict:
+        return {
+            "scorer": self.name,
+            "model": self.model,
+            "model_revision": self.revision,
+            "prompt_recipe": self.recipe_name,
+            "task": self.task,
+            "levels": list(self.levels.words),
+        }
+
+    def preparer(self, options: MediaOptions, crop: int | None = None) -> Callable[[dict], Prepared]:
+        from pipeline.scorer import Preprocessor
+
+        pre = Preprocessor(registry.local_path(self.model_path), self.task, self.levels, recipe=self.recipe)
+        options = pre.recipe.video.media_options(options)  # e.g. Q-ReAlign's 8 uniform frames
+
+        def prepare(row: dict) -> Prepared:
+            media = load_media(row["uri"], row["media_type"], options)
+            media.frames = augment(media.frames, crop, False, None)
+            return Prepared(pre(media), {"frames": len(media.frames)})
+
+        return prepare
+
+    def device_step(self, device: str) -> Callable[[list[Any]], dict[str, np.ndarray]]:
+        from pipeline.scorer import Scorer
+
+        scorer = Scorer(registry.local_path(self.model_path), self.task, self.levels, device, recipe=self.recipe)
+
+        def step(inputs: list[Any]) -> dict[str, np.ndarray]:
+            probs = scorer.probabilities(inputs)
+            return {**{c: probs[:, j] for j, c in enumerate(self.levels.columns)}, "score": self.levels.score(probs)}
+
+        return step
+
+
+def create(name: str, args: ScorerArgs) -> LevelScorer:
+    if not args.model_path:
+        raise ValueError("--scorer lmm needs --model (a folder, registry entry or hub id)")
+    # Only the small config files: the weights are the actors' to fetch, on their own nodes.
+    recipe = recipes.for_checkpoint(checkpoint.metadata_folder(args.model_path), None, args.recipe)
+    return LevelScorer(args.model, args.model_path, args.revision, args.task, args.levels, args.recipe, recipe.name)

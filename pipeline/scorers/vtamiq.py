@@ -1,0 +1,98 @@
+"""`vtamiq`: a VTAMIQ model folder (pipeline.models.vtamiq) scoring each item against its reference.
+
+Preparation loads the pair (pipeline.scorers.full_reference), computes PSNR and SSIM, and cuts both images into the
+same sparse patches on the model's deterministic grid (a fixed seed: the same pair always gets the same score);
+uint8 patches cross to the device step, which runs the ViT, the difference modulation and the regressor.
+
+The regressor's output is on 0..1 of the scale its labels were given on (`score_scale` in the model's config.json),
+mapped back onto that scale and clamped to it: `fr_score` stays in the range the schema declares.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline import checkpoint, registry
+from pipeline.media import MediaOptions
+from pipeline.scorers import Prepared, ScorerArgs
+from pipeline.scorers.full_reference import load_pair, pair_metrics
+from schemas.scores import ScoreColumns, fr_columns
+
+GRID_SEED = 0  # the inference grid's jitter: one fixed seed, so a score depends on the pair alone
+
+
+@dataclass
+class VTAMIQScorer:
+    model: str
+    model_path: str
+    revision: str | None
+    score_scale: tuple[float, float]
+    name: str = "vtamiq"
+    reads: tuple[str, ...] = ("ref_uri",)
+    prepared_columns: tuple[str, ...] = ("psnr", "ssim")
+    constants: dict[str, str] = field(default_factory=dict)
+    videos_allowed: bool = True  # a video is a row error (video_not_supported)
+    runs_on_device: bool = True
+
+    @property
+    def columns(self) -> ScoreColumns:
+        return fr_columns(self.name, self.score_scale)
+
+    def identity(self) -> dict:
+        return {"scorer": self.name, "model": self.model, "model_revision": self.revision}
+
+    def _config(self):
+        from pipeline.models.vtamiq import CONFIG_NAME, VTAMIQConfig
+
+        path = Path(registry.local_path(self.model_path)) / CONFIG_NAME
+        return VTAMIQConfig.from_dict(json.loads(path.read_text()))
+
+    def preparer(self, options: MediaOptions, crop: int | None = None) -> Callable[[dict], Prepared]:
+        from pipeline.models.vtamiq import prepare_pair
+
+        config = self._config()
+
+        def prepare(row: dict) -> Prepared:
+            reference, item = load_pair(row, options, crop)
+            return Prepared(prepare_pair(reference, item, config, seed=GRID_SEED), pair_metrics(reference, item))
+
+        return prepare
+
+    def device_step(self, device: str) -> Callable[[list[Any]], dict[str, np.ndarray]]:
+        from pipeline.models.vtamiq import VTAMIQ, collate
+
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        model = VTAMIQ.load(registry.local_path(self.model_path), device, dtype)
+        lo, hi = self.score_scale
+
+        @torch.inference_mode()
+        def step(inputs: list[Any]) -> dict[str, np.ndarray]:
+            batch = {k: v.to(device) for k, v in collate(inputs).items()}
+            unit = model(batch["ref"], batch["dist"], batch["positions"]).clamp(0.0, 1.0).cpu().numpy()
+            return {"fr_score": lo + unit.astype(np.float64) * (hi - lo)}
+
+        return step
+
+
+def create(name: str, args: ScorerArgs) -> VTAMIQScorer:
+    from pipeline.models.vtamiq import CONFIG_NAME, MODEL_TYPE
+
+    if not args.model_path:
+        raise ValueError("--scorer vtamiq needs --model (a VTAMIQ model folder or registry entry)")
+    if args.task != "quality":
+        raise ValueError(f"--scorer vtamiq measures quality against a reference: --task {args.task} does not apply")
+    # Only config.json: the weights are the actors' to fetch, on their own nodes.
+    config = json.loads((Path(checkpoint.metadata_folder(args.model_path)) / CONFIG_NAME).read_text())
+    if config.get("model_type") != MODEL_TYPE:
+        raise ValueError(
+            f"--model {args.model}: not a VTAMIQ folder (config.json model_type {config.get('model_type')!r})"
+        )
+    scale = tuple(float(v) for v in config.get("score_scale", (0.0, 1.0)))
+    return VTAMIQScorer(args.model or args.model_path, args.model_path, args.revision, scale)
