@@ -328,7 +328,7 @@ def main() -> None:
     n_params = sum(p.numel() for p in scorer.model.parameters())
     print(
         f"device {scorer.device}, dtype {scorer.dtype}, threads {torch.get_num_threads()}, "
-        f"{n_params / 1e9:.3f} B parameters"
+        f"{n_params / 1e6:,.1f} M parameters"
     )
     sample = rows[: min(len(rows), 192)]
     prepared = decode(scorer, sample)
