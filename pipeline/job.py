@@ -89,11 +89,33 @@ class PrepareStage:
             except Exception as e:  # a processor failing on one odd item must not stop the shard
                 errors[i] = f"preprocess_error: {type(e).__name__}: {e}"
         out = {"id": batch["id"], "path": batch["path"], "error": errors, **values}
-        return {**out, "inputs": inputs} if self.keep_inputs else out
+        return order_by_shape({**out, "inputs": inputs} if self.keep_inputs else out)
+
+
+# Rows of a prepared window are sorted by these (where the kind prepares them) so that the scorer's consecutive batches
+# hold items of about one shape: videos of one frame count, prompts of about one token count, little padding.
+SHAPE_COLUMNS = ("frames", "tokens")
+# PrepareStage works on windows of this many scorer batches: wide enough to find rows of like shape, small enough
+# that a window's rows still reach the scorer (and their shard's commit) moments after they were read.
+SHAPE_WINDOW = 4
+
+
+def order_by_shape(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The prepared rows sorted by (frames, tokens), ascending, errors (NaN) last; ties keep their order. Free to do:
+    the driver puts every shard's rows back in manifest order by id (`assemble`)."""
+    keys = [rows[c] for c in reversed(SHAPE_COLUMNS) if c in rows]  # np.lexsort: the last key is the primary one
+    if not keys:
+        return rows
+    order = np.lexsort(keys)
+    return {k: v[order] for k, v in rows.items()}
 
 
 class ScoreStage:
-    """Scorer actor: holds the kind's model on its GPU (or CPU) and scores each batch in one device step."""
+    """Scorer actor: holds the kind's model on its GPU (or CPU) and scores each batch in one device step.
+
+    It is given a few batches at a time (SCORER_TASKS_IN_FLIGHT): Ray fetches the queued batches' blocks into the
+    actor's node while the current one runs, so the device does not wait on the object store between batches.
+    """
 
     def __init__(self, kind: Kind) -> None:
         import torch
@@ -110,6 +132,11 @@ class ScoreStage:
             for c, v in self.step([pickle.loads(b) for b in batch["inputs"][ok]]).items():
                 values[c][ok] = v
         return {**out, **values}
+
+
+# Batches queued on each scorer actor: one running, two being fetched (Ray Data's default is 2: one running, one
+# fetched, which leaves the device idle whenever one batch's transfer or decode runs late).
+SCORER_TASKS_IN_FLIGHT = 3
 
 
 def code_version() -> str:
@@ -395,7 +422,8 @@ def _score(
         .map_batches(
             PrepareStage,
             fn_constructor_kwargs={"kind": kind, "options": options},
-            batch_size=config.batch_size,
+            # a window of a few scorer batches, sorted by shape inside (order_by_shape)
+            batch_size=config.batch_size * SHAPE_WINDOW,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders),
             num_cpus=unit,
@@ -407,7 +435,7 @@ def _score(
             fn_constructor_kwargs={"kind": kind},
             batch_size=config.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=num_scorers),
+            compute=ray.data.ActorPoolStrategy(size=num_scorers, max_tasks_in_flight_per_actor=SCORER_TASKS_IN_FLIGHT),
             num_gpus=scorer_gpus,
             num_cpus=scorer_cpus,
         )

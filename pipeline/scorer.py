@@ -84,12 +84,17 @@ class Scorer:
         revision: str | None = None,
         trust_remote_code: bool = False,
         recipe: str | None = None,
+        model: torch.nn.Module | None = None,
     ) -> None:
+        """`model`: the model of `model_path` already built on the device (benchmarks of random full-size models,
+        which would otherwise be loaded back from disk through the CPU); None: loaded from `model_path`."""
         self.device = device or default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
         self.preprocessor = Preprocessor(model_path, task, levels, revision, trust_remote_code, recipe)
         self.family, self.levels = self.preprocessor.family, levels
-        self.model = self.family.load_model(model_path, self.dtype, self.device, revision, trust_remote_code)
+        if model is None:
+            model = self.family.load_model(model_path, self.dtype, self.device, revision, trust_remote_code)
+        self.model = model
         head = self.model.get_output_embeddings()
         # Only the level rows of the output head are ever needed: no full-vocabulary logits.
         ids = torch.tensor(self.preprocessor.level_ids, device=self.device)
@@ -102,10 +107,11 @@ class Scorer:
     @torch.inference_mode()
     def level_logits(self, prepared: list[dict[str, np.ndarray]]) -> torch.Tensor:
         """[batch, n_levels] next-token logits of the level words, float32."""
-        batch = self.family.collate(prepared, self.preprocessor.image_major, self.preprocessor.pad_token_id)
-        batch = {
-            k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device) for k, v in batch.items()
-        }
+        # Raw pixels (uint8) cross to the device and are normalised there, in the model dtype.
+        batch = self.family.collate(
+            prepared, self.preprocessor.image_major, self.preprocessor.pad_token_id, raw_pixels=True
+        )
+        batch = models.to_device(batch, self.device, self.dtype)
         for addition in self.additions:
             batch = addition.transform(batch)
         hidden = models.last_real(*self.family.hidden_states(self.model, batch)).float()

@@ -11,7 +11,17 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from pipeline.models import concat_padded, pad_stack, saved_chat_template
+from pipeline.models import (
+    PIXEL_NORM,
+    RAW_PIXELS,
+    batch_norm,
+    compact,
+    concat_padded,
+    finish_pixels,
+    pad_stack,
+    pixel_norm,
+    saved_chat_template,
+)
 from pipeline.recipes import GENERIC, PromptRecipe
 
 VIDEO_ONE_SLOT = False  # a video's frames go in as that many images
@@ -61,12 +71,20 @@ def prepare(
     answer_prefix: str,
     recipe: PromptRecipe = GENERIC,
 ) -> dict:
-    """One item's model inputs as numpy arrays, batch dimension dropped from the text keys."""
+    """One item's model inputs as numpy arrays, batch dimension dropped from the text keys; pixels raw (the
+    processor's geometric steps only, uint8 where exact) with the record of how to finish them (PIXEL_NORM)."""
     text = render_prompt(processor, question, answer_prefix, len(frames), recipe)
     # The channel axis is stated, never inferred: the processor would guess channels-first for an HxWx3 array whose
     # first axis is 1 or 3 (a 3-pixel-high strip, a 1x1 image) and score misread pixels.
-    out = processor(text=[text], images=[list(frames)], return_tensors="np", input_data_format="channels_last")
-    return {k: (v[0] if k in TEXT_KEYS else v) for k, v in out.items()}
+    out = processor(
+        text=[text], images=[list(frames)], return_tensors="np", input_data_format="channels_last", **RAW_PIXELS
+    )
+    item = {k: (v[0] if k in TEXT_KEYS else v) for k, v in out.items()}
+    item["pixel_values"] = compact(item["pixel_values"])
+    if "pixel_attention_mask" in item:  # Idefics3's 0/1 mask comes as int64: 8 bytes a pixel position, 1 suffice
+        item["pixel_attention_mask"] = item["pixel_attention_mask"].astype(np.uint8)
+    item[PIXEL_NORM] = pixel_norm(processor.image_processor)
+    return item
 
 
 def image_major_keys(processor: ProcessorMixin, recipe: PromptRecipe = GENERIC) -> frozenset[str]:
@@ -78,13 +96,18 @@ def image_major_keys(processor: ProcessorMixin, recipe: PromptRecipe = GENERIC) 
     probe = np.full((32, 32, 3), 128, dtype=np.uint8)
     prompt = recipe.prompt("quality", "image")
     out = prepare(processor, [probe, probe], prompt.question, prompt.answer_prefix, recipe)
-    return frozenset(k for k, v in out.items() if k not in TEXT_KEYS and v.shape[0] != 1)
+    return frozenset(k for k, v in out.items() if k not in (*TEXT_KEYS, PIXEL_NORM) and v.shape[0] != 1)
 
 
-def collate(items: list[dict], image_major: frozenset[str], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad text to the longest row (masked), and batch the pixel inputs the processor's way."""
+def collate(
+    items: list[dict], image_major: frozenset[str], pad_token_id: int, raw_pixels: bool = False
+) -> dict[str, torch.Tensor]:
+    """Right-pad text to the longest row (masked), and batch the pixel inputs the processor's way.
+
+    Pixels come out normalised (the model's input, on CPU), or with raw_pixels raw and their PIXEL_NORM record, for
+    the scorer to normalise on its device (pipeline.models.to_device)."""
     batch = {}
-    for key in items[0]:
+    for key in (k for k in items[0] if k != PIXEL_NORM):
         arrays = [item[key] for item in items]
         if key in TEXT_KEYS:
             batch[key] = pad_stack(arrays, pad_token_id if key == "input_ids" else 0)
@@ -94,7 +117,10 @@ def collate(items: list[dict], image_major: frozenset[str], pad_token_id: int) -
             batch[key] = concat_padded(arrays, 0)
         else:  # per-prompt arrays with a leading 1: padding images are all zeros, which the models skip
             batch[key] = pad_stack([a[0] for a in arrays], 0)
-    return {k: torch.from_numpy(v) for k, v in batch.items()}
+    if "pixel_attention_mask" in batch:
+        batch["pixel_attention_mask"] = batch["pixel_attention_mask"].astype(np.int64)  # the processor's dtype
+    tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
+    return finish_pixels(tensors, batch_norm(items), raw_pixels)
 
 
 def load_model(

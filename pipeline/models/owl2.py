@@ -888,14 +888,20 @@ def preprocess_frames(
     frames: Sequence[Image.Image | np.ndarray],
     image_processor: Any,
     fill: tuple[int, ...] | None = None,
+    raw: bool = False,
 ) -> torch.Tensor:
     """expand2square (fill: the processor's mean x 255 truncated, as the reference) then the checkpoint's
-    CLIP processor (bicubic resize of the shortest edge, centre crop, rescale, CLIP mean/std): [n,3,S,S]."""
+    CLIP processor (bicubic resize of the shortest edge, centre crop, rescale, CLIP mean/std): [n,3,S,S].
+
+    raw: the geometric steps only (pad to square, resize, crop), values 0..255; rescale and normalise are left to
+    the scorer's device (pipeline.models.normalise)."""
     if fill is None:
         fill = tuple(int(x * 255) for x in image_processor.image_mean)
     squares = [expand2square(_as_rgb_image(frame), fill) for frame in frames]
+    options = {"do_rescale": False, "do_normalize": False} if raw else {}
     # The channel axis is stated, never inferred (a 1x1 or 3x3 square would be ambiguous to a shape-based guess).
-    return image_processor(images=squares, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
+    out = image_processor(images=squares, return_tensors="pt", input_data_format="channels_last", **options)
+    return out["pixel_values"]
 
 
 def load_image_processor(path: str, **kwargs: Any) -> Any:

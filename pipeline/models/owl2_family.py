@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from pipeline.models import pad_stack
+from pipeline.models import PIXEL_NORM, batch_norm, compact, finish_pixels, pad_stack, pixel_norm
 from pipeline.models.owl2 import (
     DEFAULT_IMAGE_TOKEN,
     MPLUGOwl2LlamaForCausalLM,
@@ -58,23 +58,32 @@ def prepare(
     recipe: PromptRecipe = Q_ALIGN,
 ) -> dict:
     ids = tokenize_prompt(render_prompt(processor, question, answer_prefix, len(frames), recipe), processor.tokenizer)
-    pixels = preprocess_frames(frames, processor.image_processor).numpy()
-    return {"input_ids": np.asarray(ids, dtype=np.int64), "pixel_values": pixels}
+    # raw 0..255 pixels (uint8 where exact), normalised by collate or on the scorer's device
+    pixels = compact(preprocess_frames(frames, processor.image_processor, raw=True).numpy())
+    return {
+        "input_ids": np.asarray(ids, dtype=np.int64),
+        "pixel_values": pixels,
+        PIXEL_NORM: pixel_norm(processor.image_processor),
+    }
 
 
 def image_major_keys(processor: Owl2Processor, recipe: PromptRecipe = Q_ALIGN) -> frozenset[str]:
     return frozenset({"pixel_values"})
 
 
-def collate(items: list[dict], image_major: frozenset[str], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad the token ids (masked); all frames of the batch in one tensor, with each row's frame count."""
+def collate(
+    items: list[dict], image_major: frozenset[str], pad_token_id: int, raw_pixels: bool = False
+) -> dict[str, torch.Tensor]:
+    """Right-pad the token ids (masked); all frames of the batch in one tensor, with each row's frame count.
+    Pixels normalised, or raw with their PIXEL_NORM record (as pipeline.models.hf.collate)."""
     ids = [item["input_ids"] for item in items]
-    return {
+    batch = {
         "input_ids": torch.from_numpy(pad_stack(ids, pad_token_id)),
         "attention_mask": torch.from_numpy(pad_stack([np.ones_like(i) for i in ids], 0)),
         "pixel_values": torch.from_numpy(np.concatenate([item["pixel_values"] for item in items])),
         "frame_counts": torch.tensor([len(item["pixel_values"]) for item in items]),
     }
+    return finish_pixels(batch, batch_norm(items), raw_pixels)
 
 
 def load_model(

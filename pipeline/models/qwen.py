@@ -56,8 +56,10 @@ class QwenImageProcessor:
         images: list[list[np.ndarray]],
         return_tensors: str = "np",
         input_data_format: str = "channels_last",
+        **image_options: Any,
     ) -> dict:
-        """One prompt with its images -> the processor's outputs, batch dimension kept (as the real processor)."""
+        """One prompt with its images -> the processor's outputs, batch dimension kept (as the real processor).
+        `image_options` go to the image processor, as the real processor routes them (e.g. do_normalize=False)."""
         if len(text) != 1:
             raise ValueError("one prompt at a time")
         frames = images[0]
@@ -67,7 +69,9 @@ class QwenImageProcessor:
         out: dict[str, np.ndarray] = {}
         pieces = text[0].split(IMAGE_TOKEN)
         if frames:
-            pixels = self.image_processor(images=list(frames), return_tensors="np", input_data_format=input_data_format)
+            pixels = self.image_processor(
+                images=list(frames), return_tensors="np", input_data_format=input_data_format, **image_options
+            )
             out["pixel_values"] = np.asarray(pixels["pixel_values"])
             out["image_grid_thw"] = np.asarray(pixels["image_grid_thw"])
             merge = self.image_processor.merge_size**2

@@ -31,7 +31,9 @@ class LevelScorer:
     recipe_name: str = ""  # the recipe that applies, resolved on the driver from the small config files
     name: str = "lmm"
     reads: tuple[str, ...] = ()
-    prepared_columns: tuple[str, ...] = ("frames",)
+    # frames is an output column; tokens (the prompt's length) only orders rows into batches of like shape
+    # (pipeline.job.order_by_shape) and is not written
+    prepared_columns: tuple[str, ...] = ("frames", "tokens")
     runs_on_device: bool = True
     constants: dict[str, str] = field(init=False)
 
@@ -65,7 +67,8 @@ class LevelScorer:
         def prepare(row: dict) -> Prepared:
             media = load_media(row["uri"], row["media_type"], options)
             media.frames = augment(media.frames, crop, False, None)
-            return Prepared(pre(media), {"frames": len(media.frames)})
+            inputs = pre(media)
+            return Prepared(inputs, {"frames": len(media.frames), "tokens": len(inputs["input_ids"])})
 
         return prepare
 
