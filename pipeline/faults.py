@@ -51,6 +51,8 @@ class FaultProxy:
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._counts: Counter = Counter()
+        self._first: float | None = None  # perf_counter of the first and last tracked requests
+        self._last: float | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -78,6 +80,7 @@ class FaultProxy:
     def reset(self) -> None:
         with self._lock:
             self._counts.clear()
+            self._first = self._last = None
 
     def counts(self, tracked: bool = False, faulted: bool = False) -> dict[str, int]:
         """Requests by method: all of them, or only those `track` matched; with `faulted`, only the failed ones."""
@@ -88,9 +91,18 @@ class FaultProxy:
                     total[method] += n
         return dict(sorted(total.items()))
 
-    def _record(self, method: str, path: str, fault: bool) -> None:
+    def window_s(self) -> float:
+        """Seconds from the first tracked request to the last: the reading itself, without a job's start-up."""
         with self._lock:
-            self._counts[(method, self.track(path), fault)] += 1
+            return self._last - self._first if self._first is not None else 0.0
+
+    def _record(self, method: str, path: str, fault: bool) -> None:
+        tracked, now = self.track(path), time.perf_counter()
+        with self._lock:
+            self._counts[(method, tracked, fault)] += 1
+            if tracked:
+                self._first = now if self._first is None else self._first
+                self._last = now
 
     def _should_fault(self) -> bool:
         with self._lock:

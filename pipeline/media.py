@@ -4,8 +4,10 @@
 but `MediaError`, whose `kind` is one of `ERROR_KINDS`: a bad item becomes an error row with that kind, and
 the job goes on (DESIGN.md section 5).
 
-Order of checks, cheapest first: media type, URI scheme, object size (one metadata request) against the media type's
-byte limit, a sniff of the first KB for the format (objects over SNIFF_ABOVE_BYTES only), the bytes, decode.
+Order of checks, cheapest first: media type, URI scheme, object size against the media type's byte limit, a sniff
+of the first KB for the format (objects over SNIFF_ABOVE_BYTES only), the bytes, decode. On S3 all of it comes from
+one ranged GET (the size from its headers, before the body is read); elsewhere from metadata, then bounded reads.
+`Prefetcher` keeps several reads in flight per decode worker while decoding stays one row at a time.
 
 Decisions worth knowing:
 - Transparent images (RGBA, LA, P with transparency) are composited on WHITE, not alpha-dropped: the colour
@@ -15,6 +17,9 @@ Decisions worth knowing:
   limit is set to the same value so that PIL refuses at exactly the same size.
 - The bytes are read with a bounded range (at most the limit + 1 byte), so a missing or stale size in the metadata
   never lets an object cost more memory than its media type's limit.
+- Large JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (`draft_side`, set from the model's processor:
+  never below twice its input side, so the processor's antialiased resize still makes the final step), which cuts
+  decode time several-fold; the model's preprocessed pixels change by well under one level (tests/test_media.py).
 - Videos are decoded from memory (BytesIO) by decord: the whole object is read once (it is at most
   `max_video_bytes`), which also gives object stores one sequential GET instead of many small range reads. What decord
   cannot open or decode (its FFmpeg has no AV1 decoder and fails on some tiny frame sizes) is decoded by PyAV with the

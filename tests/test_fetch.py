@@ -176,3 +176,39 @@ def test_fault_proxy_answers_slow_down_and_counts_by_method(proxied):
     assert response.status == 503
     connection.close()
     assert proxy.counts(tracked=True) == proxy.counts(faulted=True) == {"GET": 1, "HEAD": 1}
+
+
+def test_prefetch_keeps_a_bounded_window_and_each_row_its_own_outcome(tmp_path, monkeypatch):
+    import threading
+
+    from pipeline import media
+
+    uris = []
+    for i in range(12):
+        path = tmp_path / f"{i}.jpg"
+        if i != 5:  # row 5's object is missing: its row alone gets not_found
+            path.write_bytes(jpeg_bytes(i))
+        uris.append(str(path))
+    uris[8] = str(tmp_path / "notes.jpg")
+    (tmp_path / "notes.jpg").write_bytes(b"plain text, not an image")
+    lock, state = threading.Lock(), {"now": 0, "peak": 0}
+    original = media.read_bytes
+
+    def counted_read(uri, options, media_type):
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        try:
+            time.sleep(0.05)
+            return original(uri, options, media_type)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(media, "read_bytes", counted_read)
+    out = PrepareStage(ShapeKind(), MediaOptions(fetch_concurrency=3))(batch_of(uris))
+    kinds = [e.split(":", 1)[0] for e in out["error"]]
+    assert kinds == ["" if i not in (5, 8) else "not_found" if i == 5 else "decode_error" for i in range(12)]
+    assert list(out["id"]) == [f"item-{i}" for i in range(12)]
+    # three reads ahead, plus the caller's own call that takes the prefetched bytes
+    assert 2 <= state["peak"] <= 3 + 1, state
