@@ -117,7 +117,7 @@ def bench_fetch(args) -> None:
     print(
         f"fetch: {args.items} rows ({objects} objects of {args.width}x{args.height} JPEG) on moto S3 through the fault "
         f"proxy (+{args.delay_ms:g} ms per request); --scorer {args.scorer}, code {args.code}, "
-        f"fetch concurrency {args.fetch_concurrency or 'n/a (its default)'}"
+        f"fetch concurrency {args.fetch_concurrency or 'the job default'}"
     )
     with FaultProxy(endpoint, delay_s=args.delay_ms / 1000, track=lambda path: "/media/" in path) as proxy:
         env = {**os.environ, **creds, "AWS_ENDPOINT_URL": proxy.url, "RAY_USAGE_STATS_ENABLED": "0"}

@@ -212,3 +212,19 @@ def test_prefetch_keeps_a_bounded_window_and_each_row_its_own_outcome(tmp_path, 
     assert list(out["id"]) == [f"item-{i}" for i in range(12)]
     # three reads ahead, plus the caller's own call that takes the prefetched bytes
     assert 2 <= state["peak"] <= 3 + 1, state
+
+
+def test_score_cli_flags_reach_the_job_config():
+    import argparse
+
+    from pipeline.cli.score import add_arguments, configure
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--manifest", "m", "--output", "o", "--model", "x"]
+    config = configure(parser.parse_args(base), parser)
+    assert config.draft is True and config.fetch_concurrency == 8
+    config = configure(parser.parse_args([*base, "--no-draft", "--fetch-concurrency", "3"]), parser)
+    assert config.draft is False and config.fetch_concurrency == 3
+    with pytest.raises(SystemExit):
+        configure(parser.parse_args([*base, "--fetch-concurrency", "0"]), parser)
