@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from pipeline import registry, scorers, store
 from pipeline.console import console
 from pipeline.levels import DEFAULT_LEVELS, Levels
-from pipeline.media import MediaError, MediaOptions
+from pipeline.media import MediaError, MediaOptions, Prefetcher
 from pipeline.progress import ScoringProgress
 from pipeline.scorers import Kind, ScorerArgs, step_columns
 from pipeline.shards import Output, Shard, manifest_listing, read_shard
@@ -62,6 +62,8 @@ class JobConfig:
     progress_every_s: float = 10.0
     stall_timeout_s: float = DEFAULT_STALL_S  # no progress for this long in any stage: the job fails, naming it
     scorer: str = "lmm"  # the kind of scorer (pipeline.scorers.KINDS)
+    draft: bool = True  # large JPEGs decoded at a reduced DCT scale, never below twice the model's input side
+    fetch_concurrency: int = 8  # objects each decode worker reads at once
 
 
 class PrepareStage:
@@ -71,23 +73,30 @@ class PrepareStage:
         self.prepare = kind.preparer(options)
         self.columns, self.keep_inputs = kind.prepared_columns, kind.runs_on_device
         self.reads = kind.reads
+        self.options = options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
         # "" = no error: an all-null column would come back from Arrow as floats (NaN) in the next stage
         errors, inputs = np.full(n, "", object), np.full(n, b"", object)
         values = {c: np.full(n, np.nan) for c in self.columns}
-        for i in range(n):
-            row = {k: batch[k][i] for k in ("id", "uri", "media_type", *self.reads)}
-            try:
-                prepared = self.prepare(row)
-                inputs[i] = pickle.dumps(prepared.inputs, protocol=5)
-                for c, v in prepared.values.items():
-                    values[c][i] = v
-            except MediaError as e:
-                errors[i] = str(e)
-            except Exception as e:  # a processor failing on one odd item must not stop the shard
-                errors[i] = f"preprocess_error: {type(e).__name__}: {e}"
+        rows = [{k: batch[k][i] for k in ("id", "uri", "media_type", *self.reads)} for i in range(n)]
+        # The objects each row reads (its item; a full-reference kind's reference too), fetched a few rows ahead
+        # while this thread decodes and prepares one row at a time, in order. Each row keeps its own outcome.
+        ref_columns = [c for c in self.reads if c.endswith("uri")]
+        reads = [[(row["uri"], row["media_type"]), *((row[c], "image") for c in ref_columns)] for row in rows]
+        with Prefetcher(reads, self.options) as prefetch:
+            for i, row in enumerate(rows):
+                prefetch.advance(i)
+                try:
+                    prepared = self.prepare(row)
+                    inputs[i] = pickle.dumps(prepared.inputs, protocol=5)
+                    for c, v in prepared.values.items():
+                        values[c][i] = v
+                except MediaError as e:
+                    errors[i] = str(e)
+                except Exception as e:  # a processor failing on one odd item must not stop the shard
+                    errors[i] = f"preprocess_error: {type(e).__name__}: {e}"
         out = {"id": batch["id"], "path": batch["path"], "error": errors, **values}
         return order_by_shape({**out, "inputs": inputs} if self.keep_inputs else out)
 
@@ -399,7 +408,12 @@ def _score(
             f"--num-scorers {num_scorers} (each {scorer_cpus:g} CPU, {scorer_gpus:g} GPU) with one decoder and the "
             f"reads needs {need_cpus:g} CPU(s) and {need_gpus:g} GPU(s); the cluster has {cpus:g} and {gpus:g}"
         )
-    options = MediaOptions(sample_fps=config.fps, max_frames=config.max_frames)
+    options = MediaOptions(
+        sample_fps=config.fps,
+        max_frames=config.max_frames,
+        draft=config.draft,
+        fetch_concurrency=config.fetch_concurrency,
+    )
 
     fs, _ = store.arrow_filesystem(pending[0].url)
     paths = [store.filesystem(s.url)[1] for s in pending]

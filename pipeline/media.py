@@ -4,8 +4,10 @@
 but `MediaError`, whose `kind` is one of `ERROR_KINDS`: a bad item becomes an error row with that kind, and
 the job goes on (DESIGN.md section 5).
 
-Order of checks, cheapest first: media type, URI scheme, object size (one metadata request) against the media type's
-byte limit, a sniff of the first KB for the format (objects over SNIFF_ABOVE_BYTES only), the bytes, decode.
+Order of checks, cheapest first: media type, URI scheme, object size against the media type's byte limit, a sniff
+of the first KB for the format (objects over SNIFF_ABOVE_BYTES only), the bytes, decode. On S3 all of it comes from
+one ranged GET (the size from its headers, before the body is read); elsewhere from metadata, then bounded reads.
+`Prefetcher` keeps several reads in flight per decode worker while decoding stays one row at a time.
 
 Decisions worth knowing:
 - Transparent images (RGBA, LA, P with transparency) are composited on WHITE, not alpha-dropped: the colour
@@ -15,6 +17,9 @@ Decisions worth knowing:
   limit is set to the same value so that PIL refuses at exactly the same size.
 - The bytes are read with a bounded range (at most the limit + 1 byte), so a missing or stale size in the metadata
   never lets an object cost more memory than its media type's limit.
+- Large JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (`draft_side`, set from the model's processor:
+  never below twice its input side, so the processor's antialiased resize still makes the final step), which cuts
+  decode time several-fold; the model's preprocessed pixels change by well under one level (tests/test_media.py).
 - Videos are decoded from memory (BytesIO) by decord: the whole object is read once (it is at most
   `max_video_bytes`), which also gives object stores one sequential GET instead of many small range reads. What decord
   cannot open or decode (its FFmpeg has no AV1 decoder and fails on some tiny frame sizes) is decoded by PyAV with the
@@ -25,6 +30,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
@@ -32,9 +38,11 @@ import re
 import threading
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import fsspec
+import fsspec.asyn
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -96,12 +104,24 @@ class MediaOptions:
     max_video_bytes: int = 2 * 1024**3
     # A plain path (no "://") counts as "file".
     allowed_schemes: tuple[str, ...] = ("file", "s3", "gs", "gcs", "az", "abfs", "memory")
+    # Large JPEGs are decoded at a reduced DCT scale (1/2, 1/4, 1/8: libjpeg's, through Pillow's Image.draft) when
+    # the decoded image still has at least `draft_side` pixels on each side. Only a scorer that knows its model's
+    # input size sets draft_side (pipeline.scorers.lmm: twice the processor's side, so the processor's own
+    # antialiased resize still makes the final step); None decodes at full size. See draft_side_for.
+    draft: bool = True
+    draft_side: int | None = None
+    # Items fetched at once by one decode worker (pipeline.job.PrepareStage, through Prefetcher): object-store
+    # reads are latency-bound, so a worker keeps this many in flight while it decodes the one in hand.
+    fetch_concurrency: int = 8
 
     def __post_init__(self) -> None:
         # A bad option is a configuration bug, so it fails at construction, not as a per-item error.
         if not self.sample_fps > 0:
             raise ValueError(f"sample_fps must be > 0, got {self.sample_fps}")
-        for name in ("max_frames", "max_pixels", "max_image_bytes", "max_video_bytes", "uniform_frames"):
+        for name in (
+            *("max_frames", "max_pixels", "max_image_bytes", "max_video_bytes", "uniform_frames"),
+            *("draft_side", "fetch_concurrency"),
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -146,15 +166,22 @@ def read_bytes(uri: str, options: MediaOptions = MediaOptions(), media_type: str
     except ValueError as e:  # malformed URL: it can never work
         raise MediaError("bad_uri", f"{uri}: {e}") from e
 
+    prefetched = _prefetched(uri, options, media_type)
+    if prefetched is not None:
+        return prefetched.result()  # the bytes, or the MediaError that reading them raised
     last_error: Exception | None = None
     for attempt in range(READ_ATTEMPTS):
         if attempt:
             time.sleep(RETRY_BASE_DELAY_S * 2 ** (attempt - 1))
         try:
+            if _is_s3(fs):
+                return _read_s3(fs, path, uri, options.max_bytes(media_type), media_type)
             return _read_once(fs, path, uri, options, media_type)
         except MediaError:
             raise
         except (FileNotFoundError, NotADirectoryError) as e:
+            if _is_s3(fs) and _is_s3_prefix(fs, path):  # what the HEAD path called a directory
+                raise MediaError("bad_uri", f"{uri} is a directory, not an object") from e
             raise MediaError("not_found", f"{uri}: {e}") from e
         except PermissionError as e:  # access denied is not transient
             raise MediaError("io_error", f"permission denied: {uri}: {e}") from e
@@ -168,6 +195,7 @@ def read_bytes(uri: str, options: MediaOptions = MediaOptions(), media_type: str
 
 
 def _read_once(fs: fsspec.AbstractFileSystem, path: str, uri: str, options: MediaOptions, media_type: str) -> bytes:
+    """Any filesystem: the size from metadata (free on local disks and in memory), then bounded reads."""
     # One metadata request first, so that an oversized object is refused without downloading it.
     info = fs.info(path)
     if info.get("type") == "directory":
@@ -187,6 +215,85 @@ def _read_once(fs: fsspec.AbstractFileSystem, path: str, uri: str, options: Medi
     return data
 
 
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    return "s3" in fs.protocol if isinstance(fs.protocol, tuple) else fs.protocol == "s3"
+
+
+def _read_s3(fs, path: str, uri: str, limit: int, media_type: str) -> bytes:
+    """S3 in ONE request, whatever the object's size: a GET of the range [0, limit], streamed.
+
+    The response's headers (Content-Range: "bytes 0-N/TOTAL") give the object's size before any of its body is
+    read, so the limit is checked as the HEAD used to check it, and an oversized object is refused with the
+    connection closed and its body unread. Objects over SNIFF_ABOVE_BYTES have their first KB read off the
+    stream and sniffed before the rest. The range bounds the read at limit + 1 bytes even if the size is stale.
+    """
+    return fsspec.asyn.sync(fs.loop, _get_s3, fs, path, uri, limit, media_type)
+
+
+async def _get_s3(fs, path: str, uri: str, limit: int, media_type: str) -> bytes:
+    bucket, key, version = fs.split_path(path)
+    if not key:
+        raise MediaError("bad_uri", f"{uri} is a bucket, not an object")
+    versioned = {"VersionId": version} if version else {}
+    try:
+        # s3fs's call: its session, region and credential handling, and its retries on SlowDown and dropped reads
+        response = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{limit}", **versioned)
+    except OSError as e:
+        # 416 InvalidRange (s3fs: EINVAL) for a range that starts at byte 0 means the object has no bytes; other
+        # EINVALs (an invalid name) stay bad_uri. Told apart by the object's metadata: one more request, rarely.
+        if e.errno == errno.EINVAL and (await fs._info(path)).get("size") == 0:
+            raise MediaError("empty", f"{uri} has zero bytes") from e
+        raise
+    body = response["Body"]
+    try:
+        size = _object_size(response)
+        if size is not None:
+            _check_size(size, uri, limit)
+        small = size is not None and size <= SNIFF_ABOVE_BYTES
+        head = b""
+        if not small:
+            head = await _read_up_to(body, SNIFF_BYTES)
+            sniff_format(head, media_type, uri)
+        data = head + await _read_up_to(body, limit + 1 - len(head))
+    finally:
+        body.close()  # a refused object's unread body is dropped with its connection, never downloaded
+    _check_size(len(data), uri, limit, read=True)
+    if small:
+        sniff_format(data[:SNIFF_BYTES], media_type, uri)
+    return data
+
+
+def _object_size(response: dict) -> int | None:
+    """The whole object's size from a ranged GET: Content-Range's total, else (a 200 without a range) its length."""
+    match = re.fullmatch(r"bytes \d+-\d+/(\d+)", response.get("ContentRange") or "")
+    if match:
+        return int(match.group(1))
+    if response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200:
+        length = response.get("ContentLength")
+        return int(length) if length is not None else None
+    return None
+
+
+async def _read_up_to(body, n: int) -> bytes:
+    """At most n bytes off a streamed body (a read may return fewer than asked before the end)."""
+    chunks, got = [], 0
+    while got < n:
+        chunk = await body.read(n - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _is_s3_prefix(fs, path: str) -> bool:
+    """The missing key is a prefix of other keys (a "directory"). Asked only after a GET found nothing."""
+    try:
+        return fs.isdir(path)
+    except Exception:
+        return False
+
+
 def _check_size(size: int, uri: str, limit: int, read: bool = False) -> None:
     """`read`: `size` is what a read bounded at limit + 1 returned, so more than the limit means "at least"."""
     if size == 0:
@@ -199,6 +306,82 @@ def _check_size(size: int, uri: str, limit: int, read: bool = False) -> None:
 def _shorten(text: str, keep: int = 200) -> str:
     # A URI too long for the filesystem would otherwise fill the error column with kilobytes of name.
     return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Fetching ahead: a decode worker keeps several reads in flight while it decodes one item
+
+ReadKey = tuple[str, str, int, tuple[str, ...]]
+_ACTIVE = threading.local()  # the Prefetcher of the thread that prepares rows, if any
+
+
+def _read_key(uri: str, options: MediaOptions, media_type: str) -> ReadKey:
+    # What decides a read's outcome: a read made under other limits or schemes is not reused.
+    return (uri, media_type, options.max_bytes(media_type), tuple(options.allowed_schemes))
+
+
+def _prefetched(uri: str, options: MediaOptions, media_type: str) -> Future | None:
+    prefetcher = getattr(_ACTIVE, "prefetcher", None)
+    return prefetcher.take(uri, options, media_type) if prefetcher is not None else None
+
+
+class Prefetcher:
+    """Reads the objects of the rows ahead of the one being prepared, `options.fetch_concurrency` rows at a time.
+
+        with Prefetcher([[(uri, media_type), ...] for each row], options) as prefetch:
+            for i, row in enumerate(rows):
+                prefetch.advance(i)
+                prepare(row)        # its load_media/read_bytes takes row i's bytes from the prefetch
+
+    Decoding stays in the caller's thread, one row at a time, in order; only the reads run ahead. A read is the
+    same `read_bytes` (limits, sniff, retries), so a row's bytes or its MediaError are exactly what a read in the
+    caller's thread would have given. Memory: at most `fetch_concurrency` rows' objects are held or in flight,
+    and a row's bytes are released once it is taken (or skipped: what an earlier row did not take is dropped).
+    A read the prefetch does not hold (another URI, other limits) is made in the caller's thread as before.
+    """
+
+    def __init__(self, rows: list[list[tuple[str, str]]], options: MediaOptions) -> None:
+        self.rows, self.options = rows, options
+        self.window = options.fetch_concurrency
+        self._pool = ThreadPoolExecutor(self.window, "fetch") if self.window > 1 and len(rows) > 1 else None
+        self._futures: dict[int, dict[ReadKey, Future]] = {}
+        self._submitted = 0  # rows whose reads were submitted
+        self._current = -1
+
+    def __enter__(self) -> Prefetcher:
+        if self._pool is not None:
+            _ACTIVE.prefetcher = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _ACTIVE.prefetcher = None
+        for futures in self._futures.values():
+            for future in futures.values():
+                future.cancel()
+        self._futures.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)  # no read outlives the batch
+
+    def advance(self, row: int) -> None:
+        """Row `row` is prepared next: drop what earlier rows left, submit the reads of the rows in the window."""
+        self._current = row
+        for done in [r for r in self._futures if r < row]:
+            for future in self._futures.pop(done).values():
+                future.cancel()
+        if self._pool is None:
+            return
+        while self._submitted < min(len(self.rows), row + self.window):
+            reads = {}
+            for uri, media_type in self.rows[self._submitted]:
+                if isinstance(uri, str) and media_type in MEDIA_TYPES:
+                    key = _read_key(uri, self.options, media_type)
+                    reads.setdefault(key, self._pool.submit(read_bytes, uri, self.options, media_type))
+            self._futures[self._submitted] = reads
+            self._submitted += 1
+
+    def take(self, uri: str, options: MediaOptions, media_type: str) -> Future | None:
+        """The current row's read of this object (the caller's thread only), or None."""
+        return self._futures.get(self._current, {}).pop(_read_key(uri, options, media_type), None)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -282,6 +465,51 @@ def load_media(uri: str, media_type: str, options: MediaOptions = MediaOptions()
     return decode_video(data, options, uri)
 
 
+def draft_scale(width: int, height: int, side: int) -> int:
+    """The JPEG draft's reduction (8, 4, 2; 1: none) for a width x height image and a draft side.
+
+    The largest that keeps both sides >= `side` and keeps the source's pixel grid: both sides, and half their
+    difference, divide by it exactly, so that the reduced image is the source at exactly 1/scale and a centred pad
+    or crop to a square (mPLUG-Owl2's expand2square, CLIP's centre crop) covers the same source pixels. Without the
+    last condition a 4000x3000 photo at 1/8 pads by 62 px instead of 62.5, a shift the processor's output shows.
+    """
+    for scale in (8, 4, 2):
+        exact = width % scale == 0 and height % scale == 0 and (width - height) % (2 * scale) == 0
+        if exact and min(width, height) // scale >= side:
+            return scale
+    return 1
+
+
+def draft_side_for(*sizes: object, factor: int = 2) -> int | None:
+    """The `draft_side` for a processor that resizes images to `sizes` (its `size`, `crop_size`, ... settings).
+
+    `factor` times the largest number they hold, so that the processor's own resize is at least a `factor`-fold
+    antialiased downscale of the drafted image, whatever it does with those numbers (shortest or longest edge,
+    height and width, a tile). Counts of pixels (Qwen-VL's min/max_pixels under the edge names) read as sides only
+    make the draft smaller or nothing, never below what the processor needs. None when no size is known.
+    """
+    numbers: list[float] = []
+
+    def collect(size: object) -> None:
+        if isinstance(size, bool) or size is None:
+            return
+        if isinstance(size, (int, float)):
+            numbers.append(float(size))
+        elif isinstance(size, (tuple, list)):  # e.g. LLaVA-NeXT/OneVision's image_grid_pinpoints [[h, w], ...]
+            for value in size:
+                collect(value)
+        elif hasattr(size, "items"):
+            for value in size.values():
+                collect(value)
+        elif hasattr(size, "__dict__"):  # transformers' SizeDict
+            for value in vars(size).values():
+                collect(value)
+
+    for size in sizes:
+        collect(size)
+    return int(math.ceil(factor * max(numbers))) if numbers else None
+
+
 # PIL's decompression-bomb limit is a process-wide global; the lock keeps "set the limit, open" atomic when
 # several threads decode with different options.
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -299,6 +527,10 @@ def decode_image(data: bytes, options: MediaOptions = MediaOptions(), uri: str =
         if width * height > options.max_pixels:  # explicit too, in case PIL's global was changed meanwhile
             limit = options.max_pixels
             raise MediaError("too_large", f"{uri}: {width}x{height} pixels, over the limit of {limit}")
+        scale = draft_scale(width, height, options.draft_side) if options.draft and options.draft_side else 1
+        if scale > 1 and img.format == "JPEG":
+            # Decoded at 1/scale in the DCT domain: far less to decode; the processor still makes the final resize.
+            img.draft(None, (width // scale, height // scale))
         img.load()  # full decode now, so truncated data fails here (LOAD_TRUNCATED_IMAGES stays False)
     except MediaError:
         raise

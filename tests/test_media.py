@@ -675,3 +675,114 @@ def test_storage_retry_gives_up_at_once_on_bad_names():
     with pytest.raises(OSError):
         store.retry(stat_too_long, "stat")
     assert len(calls) == 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# JPEG draft: large JPEGs decoded at a reduced DCT scale, never below twice the model's input side
+
+# The bound on the model's preprocessed pixels, draft on vs off, on the 0..255 scale (README, Limits): a mean
+# absolute difference of at most 0.5, at most 8 at any pixel, and a PSNR of at least 50 dB, for real photographs
+# at 12 MP. Measured: tiny LLaVA and tiny mPLUG-Owl2 mean <= 0.06, max 1, PSNR >= 60 dB; CLIP at 336 (LLaVA-1.5)
+# mean <= 0.3, max 6, >= 53 dB; CLIP at 448 mean <= 0.16, max 4, >= 56 dB.
+DRAFT_MEAN_ABS, DRAFT_MAX_ABS, DRAFT_PSNR_DB = 0.5, 8.0, 50.0
+
+
+@pytest.fixture(scope="module")
+def photos_12mp(tmp_path_factory) -> list[str]:
+    """scikit-image's bundled colour photographs, upscaled to 4000x3000 (12 MP) and saved as JPEG q90."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry"):
+        path = folder / f"{name}.jpg"
+        Image.fromarray(getattr(data, name)()).resize((4000, 3000), Image.Resampling.LANCZOS).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def assert_within_draft_bound(a: np.ndarray, b: np.ndarray, mean, std, what) -> None:
+    """Two processed pixel tensors (channels before height and width), compared back on the 0..255 scale."""
+    shape = (-1, 1, 1)
+    to_255 = lambda x: (x * np.asarray(std).reshape(shape) + np.asarray(mean).reshape(shape)) * 255.0  # noqa: E731
+    diff = to_255(np.asarray(a, np.float64)) - to_255(np.asarray(b, np.float64))
+    mean_abs, max_abs, mse = np.abs(diff).mean(), np.abs(diff).max(), (diff**2).mean()
+    psnr = 10 * np.log10(255.0**2 / mse) if mse else np.inf
+    assert mean_abs <= DRAFT_MEAN_ABS and max_abs <= DRAFT_MAX_ABS and psnr >= DRAFT_PSNR_DB, (
+        what,
+        mean_abs,
+        max_abs,
+        psnr,
+    )
+
+
+def test_draft_decodes_smaller_but_never_below_its_side(photos_12mp):
+    # 4000x3000: 1/8 would shift a centred square by half a pixel (1000 / 8 is odd), so 1/4 is the most
+    for side, expected in ((64, (750, 1000)), (672, (750, 1000)), (896, (1500, 2000)), (2000, (3000, 4000))):
+        frame = load_media(photos_12mp[0], "image", MediaOptions(draft_side=side)).frames[0]
+        assert frame.shape[:2] == expected and min(expected) >= side
+    full = load_media(photos_12mp[0], "image", MediaOptions(draft_side=672, draft=False)).frames[0]
+    assert full.shape[:2] == (3000, 4000)
+    assert load_media(photos_12mp[0], "image").frames[0].shape[:2] == (3000, 4000)  # no side known: full size
+
+
+def test_draft_scale_keeps_the_pixel_grid():
+    assert media.draft_scale(4032, 3024, 448) == 4  # 3024 / 8 = 378 < 448
+    assert media.draft_scale(4032, 3024, 300) == 8  # an iPhone photo: every condition holds at 1/8
+    assert media.draft_scale(4000, 3000, 100) == 4  # (4000 - 3000) / 8 is odd
+    assert media.draft_scale(4000, 2667, 100) == 1  # 2667 is odd: no exact reduction
+    assert media.draft_scale(6000, 4000, 896) == 4  # 4000 / 8 = 500 < 896
+
+
+def test_draft_applies_to_jpeg_only(tmp_path, photos_12mp):
+    png = tmp_path / "photo.png"
+    Image.open(photos_12mp[1]).save(png)
+    assert load_media(str(png), "image", MediaOptions(draft_side=64)).frames[0].shape[:2] == (3000, 4000)
+
+
+def test_draft_side_follows_the_processor():
+    assert media.draft_side_for({"shortest_edge": 336}, {"height": 336, "width": 336}) == 672
+    assert media.draft_side_for({"longest_edge": 1456}, {"longest_edge": 364}) == 2912  # Idefics3: its largest
+    assert media.draft_side_for(None, [[384, 768], [2304, 2304]]) == 4608  # anyres grids reach far above `size`
+    assert media.draft_side_for({"shortest_edge": 3136, "longest_edge": 12845056}) > 12_000_000  # pixels: no draft
+    assert media.draft_side_for(None, None) is None
+
+
+@pytest.mark.parametrize("family", ["llava", "owl2"])
+def test_lmm_preparer_drafts_within_the_bound(tiny_models, photos_12mp, family):
+    from pipeline.scorers import ScorerArgs
+    from pipeline.scorers.lmm import create
+
+    kind = create("lmm", ScorerArgs(model=tiny_models[family], model_path=tiny_models[family]))
+    drafted, full = kind.preparer(MediaOptions()), kind.preparer(MediaOptions(draft=False))
+    from pipeline.scorer import Preprocessor
+
+    image_processor = Preprocessor(tiny_models[family]).processor.image_processor
+    for path in photos_12mp:
+        row = {"uri": path, "media_type": "image"}
+        a, b = drafted(row).inputs["pixel_values"], full(row).inputs["pixel_values"]
+        assert_within_draft_bound(a, b, image_processor.image_mean, image_processor.image_std, path)
+
+
+@pytest.mark.parametrize(
+    "side, square", [(336, False), (448, False), (448, True)]
+)  # LLaVA-1.5's CLIP processor; CLIP at 448; Q-Align's (mPLUG-Owl2: padded to a square first, then CLIP at 448)
+def test_draft_within_the_bound_at_real_model_sizes(photos_12mp, side, square):
+    from transformers import CLIPImageProcessor
+
+    from pipeline.models.owl2 import preprocess_frames
+
+    processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    draft_side = media.draft_side_for(processor.size, processor.crop_size)
+
+    def pixels(frame: np.ndarray) -> np.ndarray:
+        if square:
+            return preprocess_frames([frame], processor).numpy()[0]
+        return processor(images=frame, return_tensors="np")["pixel_values"][0]
+
+    for path in photos_12mp:
+        a, b = (
+            pixels(load_media(path, "image", options).frames[0])
+            for options in (MediaOptions(draft_side=draft_side), MediaOptions(draft=False))
+        )
+        assert_within_draft_bound(a, b, processor.image_mean, processor.image_std, (path, side, square))

@@ -52,6 +52,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-scorer", type=float, default=1.0)
     p.add_argument("--fps", type=float, default=1.0, help="video frames sampled per second")
     p.add_argument("--max-frames", type=int, default=16, help="frame cap per video (uniform subsampling)")
+    p.add_argument(
+        "--no-draft",
+        dest="draft",
+        action="store_false",
+        help="decode JPEGs at full size (default: at a reduced DCT scale, >= twice the model's input side)",
+    )
+    p.add_argument("--fetch-concurrency", type=int, default=8, help="objects each decode worker reads at once")
     p.add_argument("--max-error-rate", type=float, default=0.05, help="fail the job above this fraction of errors")
     p.add_argument("--restart", action="store_true", help="delete an existing output and start over")
     p.add_argument(
@@ -61,8 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def configure(a: argparse.Namespace, p: argparse.ArgumentParser) -> JobConfig:
-    if a.batch_size < 1 or a.max_frames < 1 or a.fps <= 0 or not 0 <= a.max_error_rate <= 1:
-        p.error("--batch-size and --max-frames must be >= 1, --fps > 0, --max-error-rate in [0, 1]")
+    if a.batch_size < 1 or a.max_frames < 1 or a.fetch_concurrency < 1 or a.fps <= 0 or not 0 <= a.max_error_rate <= 1:
+        p.error(
+            "--batch-size, --max-frames and --fetch-concurrency must be >= 1, --fps > 0, --max-error-rate in [0, 1]"
+        )
     if a.scorer in ("lmm", "vtamiq") and not a.model:
         p.error(f"--scorer {a.scorer} needs --model")
     return JobConfig(
@@ -82,6 +91,8 @@ def configure(a: argparse.Namespace, p: argparse.ArgumentParser) -> JobConfig:
         stall_timeout_s=a.stall_timeout,
         prompt_recipe=a.prompt_recipe,
         progress_every_s=a.progress_every,
+        draft=a.draft,
+        fetch_concurrency=a.fetch_concurrency,
     )
 
 

@@ -7,14 +7,14 @@ step is one forward pass per batch, reading the level words' next-token logits o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from pipeline import checkpoint, recipes, registry
 from pipeline.levels import DEFAULT_LEVELS, Levels
-from pipeline.media import MediaOptions, load_media
+from pipeline.media import MediaOptions, draft_side_for, load_media
 from pipeline.scorers import Prepared, ScorerArgs
 from pipeline.syllabus import augment
 from schemas.scores import ScoreColumns, level_columns
@@ -63,6 +63,12 @@ class LevelScorer:
 
         pre = Preprocessor(registry.local_path(self.model_path), self.task, self.levels, recipe=self.recipe)
         options = pre.recipe.video.media_options(options)  # e.g. Q-ReAlign's 8 uniform frames
+        if crop is None:  # a crop is in source pixels: the source must keep its scale
+            image_processor = getattr(pre.processor, "image_processor", pre.processor)
+            # Every size the processor may resize to: anyres grids (LLaVA-NeXT/OneVision) reach far above `size`.
+            settings = ("size", "crop_size", "image_grid_pinpoints", "max_image_size", "max_pixels")
+            side = draft_side_for(*(getattr(image_processor, name, None) for name in settings))
+            options = replace(options, draft_side=side)
 
         def prepare(row: dict) -> Prepared:
             media = load_media(row["uri"], row["media_type"], options)
