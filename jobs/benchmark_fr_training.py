@@ -1,6 +1,6 @@
 """The full-reference learning check: does the retraining job teach a tiny VTAMIQ to rate quality against a reference?
 
-    python jobs/benchmark_fr_training.py   # a few minutes on 2 CPU cores
+    python jobs/benchmark_fr_training.py   # about 9 minutes on 2 busy CPU cores, 7 of them the retraining run
 
 Builds the synthetic MOS set of pipeline.synthetic as full-reference pairs (each item beside its pristine photograph
 at the same size and crop; whole photographs held out for the eval split), writes it as a labels/v2 shard, and runs

@@ -201,7 +201,7 @@ def test_retrain_versions_a_vtamiq_the_scorer_loads_and_a_killed_run_resumes_to_
     first = run_job(args)
     runs = Path(registry_b, "fr", registry.RUNS_DIR)
     deadline = time.time() + 300
-    while not list(runs.glob("*/checkpoint_*/state.pt")):
+    while not list(runs.glob("*/checkpoint_manager_snapshot.json")):  # a checkpoint Ray Train has registered
         assert first.poll() is None, first.stdout.read()
         assert time.time() < deadline, "no checkpoint in time"
         time.sleep(0.2)

@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=methods.names(), default="full", help="training method (pipeline/methods/)")
     p.add_argument("--epochs", type=int, default=2)
     lrs = ", ".join(f"{m.default_lr:g} {m.name}" for m in methods.all_methods())
-    p.add_argument("--lr", type=float, help=f"learning rate (default: {lrs})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default: {lrs}; 1e-4 for a VTAMIQ)")
     p.add_argument("--batch-size", type=int, default=64, help="global batch size, split over the workers")
     p.add_argument("--num-workers", type=int, default=2, help="DDP training workers")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (and per evaluation task)")
