@@ -5,6 +5,8 @@ measure the starting model (and CURRENT) on the held-out split and on a sample o
 Train (pipeline.training); write a new immutable version; measure it; move CURRENT to it only if its held-out SRCC
 beats CURRENT's (or the base model's). With nothing new, or a run that already finished, it does nothing.
 A killed run, rerun with the same arguments, has the same run id and resumes from its last checkpoint.
+What is trained is chosen once, from the parent model (`Trainer`): an LMM level scorer (pipeline.training) or a
+VTAMIQ full-reference scorer (pipeline.vtamiq_training); the rest of the job is the same for both.
 """
 
 from __future__ import annotations
@@ -16,19 +18,22 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import methods, recipes, registry, store
+from pipeline import checkpoint, methods, recipes, registry, store
 from pipeline.console import console, relayed, skipped_summary
 from pipeline.evaluation import evaluate_on_ray
 from pipeline.shards import check_ids_across_shards, list_shards, unreadable
 from pipeline.synthetic import write_label_shard
-from pipeline.training import EXPORT_DIR, Recipe, Scaling, fit
+from pipeline.training import EXPORT_DIR, Recipe, Scaling
 from pipeline.watchdog import DEFAULT_STALL_S, watched
 from schemas import SchemaError, validate_labels
 
@@ -76,6 +81,75 @@ def read_label_shards(labels: str, eval_split: str = "eval") -> list[LabelShard]
 
 
 # ------------------------------------------------------------------------------------------------------------
+# What is trained: chosen once per run, from the parent model
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """The part of a run that depends on the kind of scorer being trained; everything else is shared."""
+
+    name: str  # "lmm" | "vtamiq", recorded in version.json
+    scorer: str  # the scoring job's kind (pipeline.scorers) that measures it before and after
+    check_recipe: Callable[[Recipe], None]  # refuses (ValueError), before anything runs, options it cannot train with
+    check_labels: Callable[[list[dict]], None]  # ... and training rows it cannot train on
+    fit: Callable[..., Any]  # (recipe, scaling, parent, label_urls, train_rows, runs_url, run_id, relay) -> Result
+    record: Callable[[str, list[dict]], dict]  # (parent path, train rows) -> its own fields of version.json
+
+
+def _fit_lmm(recipe, scaling, parent, label_urls, train_rows, runs_url, run_id, relay):
+    from pipeline.training import fit
+
+    return fit(recipe, scaling, parent, label_urls, len(train_rows), runs_url, run_id, relay)
+
+
+def _fit_vtamiq(recipe, scaling, parent, label_urls, train_rows, runs_url, run_id, relay):
+    from pipeline.vtamiq_training import fit
+
+    return fit(recipe, scaling, parent, train_rows, runs_url, run_id, relay)
+
+
+def _check_vtamiq_recipe(recipe: Recipe) -> None:
+    from pipeline.vtamiq_training import check_recipe
+
+    check_recipe(recipe)
+
+
+def _check_vtamiq_labels(train_rows: list[dict]) -> None:
+    from pipeline.vtamiq_training import check_labels
+
+    check_labels(train_rows)
+
+
+def _vtamiq_record(parent: str, train_rows: list[dict]) -> dict:
+    from pipeline.vtamiq_training import label_scale
+
+    return {"model_type": "vtamiq", "score_scale": list(label_scale(train_rows))}
+
+
+LMM = Trainer(
+    "lmm",
+    "lmm",
+    check_recipe=lambda recipe: None,  # each method checks its parent itself (pipeline.methods)
+    check_labels=lambda rows: None,
+    fit=_fit_lmm,
+    record=lambda parent, rows: {"prompt_recipe": recipes.for_checkpoint(registry.local_path(parent)).name},
+)
+VTAMIQ = Trainer("vtamiq", "vtamiq", _check_vtamiq_recipe, _check_vtamiq_labels, _fit_vtamiq, _vtamiq_record)
+
+
+def trainer_for(model_path: str) -> Trainer:
+    """VTAMIQ for a VTAMIQ model folder (local or remote: only its config.json is read), else the LMM trainer.
+    A hub id is an LMM: VTAMIQ folders are written by this project, never fetched from a hub."""
+    if "://" not in model_path and not os.path.isdir(model_path):
+        return LMM
+    try:
+        config = json.loads((Path(checkpoint.metadata_folder(model_path)) / "config.json").read_text())
+    except (OSError, ValueError):
+        return LMM
+    return VTAMIQ if isinstance(config, dict) and config.get("model_type") == "vtamiq" else LMM
+
+
+# ------------------------------------------------------------------------------------------------------------
 # One retraining run: plan, evaluate before, train on Ray, write a version, evaluate after, promote or not
 
 
@@ -108,6 +182,7 @@ class Plan:
     train_urls: list[str]
     run_id: str | None  # None: nothing to do
     message: str
+    trainer: Trainer = LMM
 
 
 @dataclass
@@ -152,15 +227,20 @@ def plan_run(config: RetrainConfig) -> Plan:
     new = [s.url for s in shards if seen.get(s.url) != s.digest]
     seen_by = parent["version"] or "no version yet"
 
+    trainer = trainer_for(parent["path"])
+
     def nothing(message: str) -> Plan:
-        return Plan(entry, base, parent, current, shards, new, [], None, " ".join([*notes, message]))
+        return Plan(entry, base, parent, current, shards, new, [], None, " ".join([*notes, message]), trainer)
 
     if not new:
         return nothing(f"nothing new: all {len(shards)} label shard(s) were already seen by {seen_by}")
     train_urls = [s.url for s in shards] if config.all_labels else new
-    n_train = sum(len(s.rows("train")) for s in shards if s.url in train_urls)
+    train_rows = [r for s in shards if s.url in train_urls for r in s.rows("train")]
+    n_train = len(train_rows)
     if n_train == 0:
         return nothing(f"nothing to train on: the {len(new)} new shard(s) hold no training rows")
+    trainer.check_recipe(config.recipe)  # what the parent's kind cannot train with, or on: refused now
+    trainer.check_labels(train_rows)
     identity = {
         "parent": parent["revision"],
         "train": {s.url: s.digest for s in shards if s.url in train_urls},
@@ -174,7 +254,9 @@ def plan_run(config: RetrainConfig) -> Plan:
         reason = registry.read_version(entry, done).get("promotion", {}).get("reason", "")
         return nothing(f"nothing new: this exact run already produced {done} ({reason})")
     message = f"{len(new)} new label shard(s); training on {n_train} item(s) from {len(train_urls)} shard(s)"
-    return Plan(entry, base, parent, current, shards, new, train_urls, run_id, " ".join([*notes, message]))
+    if trainer is not LMM:
+        message += f" ({trainer.name})"
+    return Plan(entry, base, parent, current, shards, new, train_urls, run_id, " ".join([*notes, message]), trainer)
 
 
 def _fit_sample(rows: list[dict], limit: int) -> list[dict]:
@@ -250,13 +332,16 @@ def retrain(config: RetrainConfig) -> Outcome:
         rate["current"] = store.join(plan.entry, plan.current)
     log(f"measuring {', '.join(rate)} on {len(eval_rows)} held-out and {len(splits['train'])} training item(s)")
     stall = config.stall_timeout_s
-    before = watched(lambda: evaluate_on_ray(rate, splits, crops, scaling.use_gpu), stall, "evaluation (before)")
+    trainer = plan.trainer
+    before = watched(
+        lambda: evaluate_on_ray(rate, splits, crops, scaling.use_gpu, trainer.scorer), stall, "evaluation (before)"
+    )
 
     log(f"training ({recipe.method}, {recipe.epochs} epoch(s), {scaling.num_workers} worker(s)) as {plan.run_id}")
     runs = registry.runs_url(plan.entry)
     with relayed(log) as relay:  # rank 0's epoch lines, and the items skipped for bad media
-        args = (recipe, scaling, plan.parent["path"], plan.train_urls, len(train_rows), runs, plan.run_id, relay)
-        result = watched(lambda: fit(*args), stall, "training")
+        args = (recipe, scaling, plan.parent["path"], plan.train_urls, train_rows, runs, plan.run_id, relay)
+        result = watched(lambda: trainer.fit(*args), stall, "training")
         skipped = ray.get(relay.skipped_items.remote())
     if skipped_summary(skipped):
         log(skipped_summary(skipped))
@@ -275,7 +360,9 @@ def retrain(config: RetrainConfig) -> Outcome:
         version_url = registry.upload_version(plan.entry, version, staging)
     log(f"wrote {version_url}; measuring it")
     after = watched(
-        lambda: evaluate_on_ray({"new": version_url}, splits, crops, scaling.use_gpu), stall, "evaluation (after)"
+        lambda: evaluate_on_ray({"new": version_url}, splits, crops, scaling.use_gpu, trainer.scorer),
+        stall,
+        "evaluation (after)",
     )["new"]
 
     reference_name = "current" if "current" in rate else "parent"
@@ -300,8 +387,9 @@ def retrain(config: RetrainConfig) -> Outcome:
         "base_model": plan.base,
         "parent": plan.parent,
         "method": recipe.method,
+        "trainer": trainer.name,
         "recipe": asdict(recipe),
-        "prompt_recipe": recipes.for_checkpoint(registry.local_path(plan.parent["path"])).name,
+        **trainer.record(plan.parent["path"], train_rows),
         "eval_split": config.eval_split,
         "label_shards": [
             {

@@ -11,6 +11,10 @@ distortions' scale, too little for a from-scratch model to learn quality rather 
   sees (no resize that would blur away the distortion).
 
 MOS: 5 - level on a 1..5 scale (pipeline.corpus.synthetic_mos), a label with a known truth.
+
+With `full_reference`, every item is a pair (labels/v2 `ref_uri`): its reference is the pristine photograph at the
+same size and crop, written losslessly once per (photograph, size) for training and per (photograph, crop) for
+evaluation, so a random training crop taken at one place in both stays aligned.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from PIL import Image
 
 from pipeline import store
 from pipeline.corpus import DISTORTIONS, LEVELS, distort, load_photo, resize_long_side, synthetic_mos
-from schemas import LABELS_V1, validate_labels
+from schemas import LABELS_V2, validate_labels
+from schemas.labels import OPTIONAL
 
 COLOUR_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket")
 GREY_PHOTOS = ("brick", "camera", "cell", "clock", "coins", "grass", "gravel", "moon", "page", "text")
@@ -54,12 +59,14 @@ def build_learning_set(
     eval_photos: tuple[str, ...] = EVAL_PHOTOS,
     seed: int = 0,
     train_kinds: tuple[str, ...] = DISTORTIONS,
+    full_reference: bool = False,
 ) -> list[dict]:
-    """Write the set's images under the local folder `root` (PNG, lossless) and return its label rows (labels/v1).
+    """Write the set's images under the local folder `root` (PNG, lossless) and return its label rows (labels/v2).
 
     Train rows: each train photo at each long side in `train_sides`, pristine once and each of `train_kinds` at
     levels 1..4. Eval rows: each eval photo at `eval_side`, pristine and every distortion kind alike, cut into
-    `eval_crops` crops of `crop` x `crop` pixels at fixed positions.
+    `eval_crops` crops of `crop` x `crop` pixels at fixed positions. `full_reference`: each row's `ref_uri` names its
+    pristine photograph at the same size and crop (the pristine item is then a pair of identical images).
     """
     if set(train_photos) & set(eval_photos):
         raise ValueError(f"photos in both splits: {sorted(set(train_photos) & set(eval_photos))}")
@@ -67,11 +74,20 @@ def build_learning_set(
     os.makedirs(root, exist_ok=True)
     rows: list[dict] = []
 
-    def add(item_id: str, pixels: np.ndarray, level: int, split: str, source: str, kind: str) -> None:
+    def reference(ref_id: str, pixels: np.ndarray) -> dict:
+        if not full_reference:
+            return {}
+        path = os.path.join(root, f"{ref_id}.png")
+        if not os.path.exists(path):
+            Image.fromarray(pixels).save(path)
+        return {"ref_uri": path}
+
+    def add(item_id: str, pixels: np.ndarray, level: int, split: str, source: str, kind: str, ref: dict) -> None:
         path = os.path.join(root, f"{item_id}.png")
         Image.fromarray(pixels).save(path)
         rows.append(
             {
+                **ref,
                 "id": item_id,
                 "uri": path,
                 "media_type": "image",
@@ -97,8 +113,9 @@ def build_learning_set(
     for p, name in enumerate(train_photos):
         for side in train_sides:
             photo = resize_long_side(load_photo(name), side)
+            ref = reference(f"ref-train-{name}-{side}", photo)
             for kind, level, pixels in versions(photo, p * 100 + side, train_kinds):
-                add(f"train-{name}-{side}-{kind}-{level}", pixels, level, "train", name, kind)
+                add(f"train-{name}-{side}-{kind}-{level}", pixels, level, "train", name, kind, ref)
 
     for p, name in enumerate(eval_photos):
         photo = resize_long_side(load_photo(name), eval_side)
@@ -106,16 +123,21 @@ def build_learning_set(
         for kind, level, pixels in versions(photo, 10_000 + p, DISTORTIONS):
             for c, (top, left) in enumerate(boxes):
                 window = np.ascontiguousarray(pixels[top : top + crop, left : left + crop])
-                add(f"eval-{name}-{c}-{kind}-{level}", window, level, "eval", name, kind)
+                ref = reference(
+                    f"ref-eval-{name}-{c}", np.ascontiguousarray(photo[top : top + crop, left : left + crop])
+                )
+                add(f"eval-{name}-{c}-{kind}-{level}", window, level, "eval", name, kind, ref)
     return rows
 
 
 def write_label_shard(rows: list[dict], url: str) -> str:
-    """Validate rows as labels/v1 and write them as one Parquet shard (extra columns carried along)."""
+    """Validate rows as labels/v2 and write them as one Parquet shard (extra columns carried along)."""
     table = pa.Table.from_pylist(rows)
-    columns = {f.name: table.column(f.name).cast(f.type) for f in LABELS_V1}
+    columns = {f.name: table.column(f.name).cast(f.type) for f in LABELS_V2}
+    # optional columns in their declared types (one of nothing but nulls would otherwise be typed null)
+    columns.update({n: table.column(n).cast(t) for n, t in OPTIONAL.items() if n in table.column_names})
     extra = {name: table.column(name) for name in table.column_names if name not in columns}
-    table = pa.table({**columns, **extra})
+    table = pa.table({**columns, **extra}).replace_schema_metadata(LABELS_V2.metadata)
     validate_labels(table, url)
     store.write_parquet(table, url)
     return url

@@ -116,6 +116,12 @@ class Scaling:
 # Examples: label rows -> prepared training inputs, on Ray Data CPU workers
 
 
+def item_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    """The generator of one item (or block) in one epoch: new draws every epoch, the same ones in every rerun."""
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    return np.random.default_rng([seed, epoch, digest])
+
+
 class ExampleBuilder:
     """Ray Data CPU stage: label rows -> pickled training examples. Rows whose media cannot be loaded are skipped."""
 
@@ -138,9 +144,7 @@ class ExampleBuilder:
         self.options = self.syllabus.recipe.video.media_options(MediaOptions())  # its frame policy (Q-ReAlign: 8)
 
     def rng(self, epoch: int, key: str) -> np.random.Generator:
-        """The generator of one item (or block) in one epoch: new draws every epoch, the same ones in every rerun."""
-        digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
-        return np.random.default_rng([self.seed, epoch, digest])
+        return item_rng(self.seed, epoch, key)
 
     def __call__(
         self, batch: dict[str, np.ndarray], epoch: int = 0, skipped: list[tuple[str, str]] | None = None
@@ -519,7 +523,6 @@ def fit(
     """
     import ray
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     clock = ray.remote(num_cpus=0)(EpochClock).remote()  # lives as long as this driver, across worker restarts
@@ -540,8 +543,6 @@ def fit(
         num_cpus=scaling.data_cpus,
         compute=ray.data.TaskPoolStrategy(size=scaling.data_actors),
     )
-    resources = {"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})}
-    storage_path, storage_fs = _storage(runs_url)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -552,16 +553,28 @@ def fit(
             "clock": clock,
             "console": console,
         },
-        scaling_config=ScalingConfig(
+        **trainer_configs(scaling, runs_url, run_id),
+        datasets={"train": dataset},
+    )
+    return trainer.fit()
+
+
+def trainer_configs(scaling: Scaling, runs_url: str, run_id: str) -> dict[str, Any]:
+    """A TorchTrainer's scaling and run configs: workers as `scaling` says, checkpoints in `<runs_url>/<run_id>/`
+    (where a rerun with the same run id resumes), worker-group restarts from the last one. Every trainer uses these."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+    resources = {"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})}
+    storage_path, storage_fs = _storage(runs_url)
+    return {
+        "scaling_config": ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
         ),
-        run_config=RunConfig(
+        "run_config": RunConfig(
             name=run_id,
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
-        datasets={"train": dataset},
-    )
-    return trainer.fit()
+    }

@@ -1,7 +1,7 @@
 """Versioned Arrow schemas for what qcurate reads and writes, with validation naming the file, column and problem."""
 
 from schemas.core import MAX_ID_BYTES, SchemaError, check_columns, check_ids, check_reserved, check_unique_ids
-from schemas.labels import LABEL_SPLITS, LABEL_TASKS, LABELS_V1, validate_labels
+from schemas.labels import LABEL_SPLITS, LABEL_TASKS, LABELS_V1, LABELS_V2, mos_from_dmos, validate_labels
 from schemas.manifest import MANIFEST_V1, OPTIONAL, validate_manifest
 from schemas.scores import (
     LOST_IN_OUTPUT,
@@ -16,6 +16,7 @@ from schemas.scores import (
 
 __all__ = [
     "LABELS_V1",
+    "LABELS_V2",
     "LOST_IN_OUTPUT",
     "LABEL_SPLITS",
     "LABEL_TASKS",
@@ -31,6 +32,7 @@ __all__ = [
     "check_unique_ids",
     "fr_columns",
     "level_columns",
+    "mos_from_dmos",
     "output_columns",
     "scores_schema",
     "validate_labels",

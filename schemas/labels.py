@@ -1,4 +1,4 @@
-"""MOS label shards, version 1: one row per rated item, the input of the retraining job.
+"""MOS label shards, version 2: one row per rated item, the input of the retraining job.
 
 A shard is a batch of new human ratings: `labels/<batch>/part-*.parquet`. Each row names the item (id, uri,
 media_type), what was rated (task), the mean opinion score with the scale it was given on (scale_min..scale_max),
@@ -6,6 +6,15 @@ optionally the spread of the individual ratings (mos_std), and which split it be
 on, "eval" rows are held out and only ever measured. Extra columns are allowed and ignored, except those named like
 the score output's columns (`score`, `p_good`, `error`, ...): a label shard is a manifest too (it can be scored), where
 they would be lost, and beside `mos` they would be taken for ratings they are not.
+
+Version 2 (labels/v2) is version 1 plus one optional column, `ref_uri`: the reference (pristine original) the item
+was rated against, for full-reference scorers (VTAMIQ) to train on. Same URI rules as `uri`; a row that has one is
+a full-reference label and must be an image with a non-empty ref_uri; null means the row has no reference. Every v1
+shard is a valid v2 shard.
+
+Direction: `mos` is always higher = better, as every qcurate score is. Ratings given as DMOS (differential MOS,
+lower = better: 0 = indistinguishable from the reference) are written flipped on their own scale,
+mos = scale_min + scale_max - dmos (`mos_from_dmos`); the scale stays the one they were given on.
 """
 
 from __future__ import annotations
@@ -33,7 +42,17 @@ LABELS_V1 = pa.schema(
     ],
     metadata={"qcurate.schema": "labels/v1"},
 )
-OPTIONAL = {"mos_std": pa.float64()}  # standard deviation of the individual ratings, on the same scale
+# v2: the same required columns; ref_uri joins the optional ones. What write_label_shard stamps on new shards.
+LABELS_V2 = pa.schema(LABELS_V1, metadata={"qcurate.schema": "labels/v2"})
+OPTIONAL = {
+    "mos_std": pa.float64(),  # standard deviation of the individual ratings, on the same scale
+    "ref_uri": pa.string(),  # v2: the item's reference, for full-reference scorers
+}
+
+
+def mos_from_dmos(dmos: float, scale_min: float, scale_max: float) -> float:
+    """A DMOS (lower = better) as the `mos` a label row holds (higher = better), on the same scale."""
+    return scale_min + scale_max - dmos
 
 
 def _fail_where(table: pa.Table, bad: pa.ChunkedArray | pa.Array, source: str, column: str, problem: str) -> None:
@@ -44,7 +63,7 @@ def _fail_where(table: pa.Table, bad: pa.ChunkedArray | pa.Array, source: str, c
 
 
 def validate_labels(table: pa.Table, source: str, splits: tuple[str, ...] = LABEL_SPLITS) -> None:
-    """Raise SchemaError naming `source` and the column when the shard is not a valid v1 label shard.
+    """Raise SchemaError naming `source` and the column when the shard is not a valid v2 (or v1) label shard.
 
     `splits` are the allowed split names (the retraining job passes ("train", its --eval-split)).
     """
@@ -80,4 +99,11 @@ def validate_labels(table: pa.Table, source: str, splits: tuple[str, ...] = LABE
         std = table.column("mos_std").cast(pa.float64())
         negative = pc.and_kleene(std.is_valid(), pc.invert(pc.greater_equal(std, 0.0)))
         _fail_where(table, negative, source, "mos_std", "have a negative or non-finite mos_std")
+    if "ref_uri" in table.column_names:
+        ref = table.column("ref_uri")
+        has_ref = ref.is_valid()  # null: no reference (a row only for scorers without one)
+        empty = pc.and_kleene(has_ref, pc.equal(pc.utf8_length(ref), 0))
+        _fail_where(table, empty, source, "ref_uri", "have an empty ref_uri")
+        video = pc.and_kleene(has_ref, pc.not_equal(table.column("media_type"), "image"))
+        _fail_where(table, video, source, "ref_uri", "have a ref_uri but are not images (full-reference labels are)")
     check_ids(table, source)

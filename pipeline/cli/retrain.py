@@ -16,15 +16,20 @@ It prints one line per epoch, then the SRCC/PLCC table and the promotion decisio
 goes to a log file (copied to <registry>/<name>/_logs/) unless --verbose.
 
 With RAY_ADDRESS set (as `ray job submit` does) it joins that cluster; without, it starts a local Ray.
+A VTAMIQ model folder (pipeline.models.vtamiq) as --base-model is trained as a full-reference scorer on labels with
+ref_uri (labels/v2): the whole model, with VTAMIQ's loss and AdamW (pipeline.vtamiq_training); --crop, --hflip and
+--views augment the pairs, and the LMM-only options (--method other than full, --soft-labels) are refused.
+
 Exit status: 0 done (promoted, not promoted, or nothing new), 1 failed, 2 bad arguments.
 """
 
 import argparse
+import os
 from dataclasses import fields
 
 from pipeline import methods
 from pipeline.cli import Command
-from pipeline.retrain import RetrainConfig, retrain
+from pipeline.retrain import RetrainConfig, retrain, trainer_for
 from pipeline.training import Recipe, Scaling
 from pipeline.watchdog import DEFAULT_STALL_S, StallError
 from schemas import SchemaError
@@ -38,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=methods.names(), default="full", help="training method (pipeline/methods/)")
     p.add_argument("--epochs", type=int, default=2)
     lrs = ", ".join(f"{m.default_lr:g} {m.name}" for m in methods.all_methods())
-    p.add_argument("--lr", type=float, help=f"learning rate (default: {lrs})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default: {lrs}; 1e-4 for a VTAMIQ)")
     p.add_argument("--batch-size", type=int, default=64, help="global batch size, split over the workers")
     p.add_argument("--num-workers", type=int, default=2, help="DDP training workers")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (and per evaluation task)")
@@ -73,7 +78,7 @@ def configure(a: argparse.Namespace, p: argparse.ArgumentParser) -> RetrainConfi
             if option.name not in own and getattr(a, option.name) is not None:
                 p.error(f"{option.flag} is an option of --method {method.name}, not of {a.method}")
     try:  # the configs check their values; a bad one is a usage error
-        return RetrainConfig(
+        config = RetrainConfig(
             labels=a.labels,
             base_model=a.base_model,
             registry=a.registry,
@@ -89,8 +94,11 @@ def configure(a: argparse.Namespace, p: argparse.ArgumentParser) -> RetrainConfi
             fit_items=a.fit_items,
             stall_timeout_s=a.stall_timeout,
         )
+        if os.path.isdir(a.base_model):  # a local base: its kind's refusals are usage errors (else the job's, later)
+            trainer_for(a.base_model).check_recipe(config.recipe)
     except ValueError as e:
         p.error(str(e))
+    return config
 
 
 COMMAND = Command(
