@@ -427,33 +427,55 @@ def train_loop_per_worker(config: dict) -> None:
                 "attempt_began_at": start_epoch,  # the epoch this worker group (re)started at: resumes show here
             }
         )
-        say(epoch_line(history, recipe.epochs, start_epoch))
-        # The whole history only in the last report: a report is kept (and printed by Ray Train) every epoch.
-        last = epoch == recipe.epochs - 1
-        metrics = {**history[-1], "start_epoch": start_epoch, **({"history": list(history)} if last else {})}
-        with tempfile.TemporaryDirectory() as folder:
-            if rank == 0:
-                state = {
-                    "epoch": epoch,
-                    "history": history,
-                    "trained": trainable.state(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                }
-                torch.save(state, os.path.join(folder, STATE_FILE))
-                if epoch == recipe.epochs - 1:
-                    export = os.path.join(folder, EXPORT_DIR)
-                    trainable.export(export)
-                    # the prompt recipe it was trained with, beside it: the version is scored with that recipe
-                    recipes.write_recipe_file(export, prompt_recipe)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-            else:
-                ray.train.report(metrics)
+
+        def state(epoch: int = epoch) -> dict:
+            return {
+                "epoch": epoch,
+                "history": history,
+                "trained": trainable.state(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+            }
+
+        def export(folder: str) -> None:
+            trainable.export(folder)
+            # the prompt recipe it was trained with, beside it: the version is scored with that recipe
+            recipes.write_recipe_file(folder, prompt_recipe)
+
+        report_epoch(history, recipe.epochs, start_epoch, rank, say, state, export)
 
 
-def epoch_line(history: list[dict], epochs: int, start_epoch: int) -> str:
-    """`epoch 3/10: loss 1.2345, level accuracy 41.2%, 52.1 examples/s, ETA 1m10s`: the ETA from the mean time of
-    this attempt's epochs (a resumed run's earlier epochs ran elsewhere)."""
+def report_epoch(
+    history: list[dict],
+    epochs: int,
+    start_epoch: int,
+    rank: int,
+    say: Callable[[str], None],
+    state: Callable[[], dict],
+    export: Callable[[str], None],
+    unit: str = "examples",
+) -> None:
+    """The end of an epoch on every worker: its line for the user, and its report to Ray Train, with rank 0's
+    checkpoint (`state()`, what a resumed run starts from; on the last epoch also the model, `export(folder)`)."""
+    import ray.train
+
+    say(epoch_line(history, epochs, start_epoch, unit))
+    # The whole history only in the last report: a report is kept (and printed by Ray Train) every epoch.
+    last = history[-1]["epoch"] == epochs - 1
+    metrics = {**history[-1], "start_epoch": start_epoch, **({"history": list(history)} if last else {})}
+    with tempfile.TemporaryDirectory() as folder:
+        if rank == 0:
+            torch.save(state(), os.path.join(folder, STATE_FILE))
+            if last:
+                export(os.path.join(folder, EXPORT_DIR))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)
+
+
+def epoch_line(history: list[dict], epochs: int, start_epoch: int, unit: str = "examples") -> str:
+    """`epoch 3/10: loss 1.2345, level accuracy 41.2%, 52.1 examples/s, ETA 1m10s` (level accuracy where the trainer
+    measures it): the ETA from the mean time of this attempt's epochs (a resumed run's earlier epochs ran elsewhere)."""
     from pipeline.console import duration
 
     entry = history[-1]
@@ -461,10 +483,8 @@ def epoch_line(history: list[dict], epochs: int, start_epoch: int) -> str:
     left = epochs - 1 - entry["epoch"]
     rate = entry["examples"] / entry["seconds"] if entry["seconds"] else float("nan")
     eta = f", ETA {duration(left * sum(ran) / len(ran))}" if left else ""
-    return (
-        f"epoch {entry['epoch'] + 1}/{epochs}: loss {entry['loss']:.4f}, level accuracy "
-        f"{entry['level_accuracy']:.1%}, {rate:.1f} examples/s{eta}"
-    )
+    accuracy = f", level accuracy {entry['level_accuracy']:.1%}" if "level_accuracy" in entry else ""
+    return f"epoch {entry['epoch'] + 1}/{epochs}: loss {entry['loss']:.4f}{accuracy}, {rate:.1f} {unit}/s{eta}"
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -31,7 +30,7 @@ from pipeline import registry
 from pipeline.media import MediaError, MediaOptions
 from pipeline.scorers.full_reference import load_pair
 from pipeline.syllabus import augment
-from pipeline.training import EXPORT_DIR, STATE_FILE, Recipe, Scaling, item_rng, trainer_configs
+from pipeline.training import STATE_FILE, Recipe, Scaling, item_rng, report_epoch, trainer_configs
 
 DEFAULT_LR = 1e-4  # VTAMIQ's AdamW learning rate when --lr is not given
 CACHE_BYTES = 1 << 30  # decoded pairs each worker keeps between epochs
@@ -212,36 +211,17 @@ def train_loop_per_worker(config: dict) -> None:
                 "attempt_began_at": start_epoch,  # the epoch this worker group (re)started at: resumes show here
             }
         )
-        say(epoch_line(history, recipe.epochs, start_epoch))
-        last = epoch == recipe.epochs - 1
-        metrics = {**history[-1], "start_epoch": start_epoch, **({"history": list(history)} if last else {})}
-        with tempfile.TemporaryDirectory() as folder:
-            if rank == 0:
-                state = {
-                    "epoch": epoch,
-                    "history": history,
-                    "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                }
-                torch.save(state, os.path.join(folder, STATE_FILE))
-                if last:
-                    model.save(os.path.join(folder, EXPORT_DIR))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-            else:
-                ray.train.report(metrics)
 
+        def state(epoch: int = epoch) -> dict:
+            return {
+                "epoch": epoch,
+                "history": history,
+                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+            }
 
-def epoch_line(history: list[dict], epochs: int, start_epoch: int) -> str:
-    """`epoch 3/10: loss 0.1234, 52.1 pairs/s, ETA 1m10s` (the ETA from this attempt's epochs)."""
-    from pipeline.console import duration
-
-    entry = history[-1]
-    ran = [h["seconds"] for h in history if h["epoch"] >= start_epoch]
-    left = epochs - 1 - entry["epoch"]
-    rate = entry["examples"] / entry["seconds"] if entry["seconds"] else float("nan")
-    eta = f", ETA {duration(left * sum(ran) / len(ran))}" if left else ""
-    return f"epoch {entry['epoch'] + 1}/{epochs}: loss {entry['loss']:.4f}, {rate:.1f} pairs/s{eta}"
+        report_epoch(history, recipe.epochs, start_epoch, rank, say, state, model.save, unit="pairs")
 
 
 def fit(
