@@ -373,15 +373,7 @@ def train_loop_per_worker(config: dict) -> None:
     total = steps_per_epoch * recipe.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(recipe.warmup_ratio * total), total)
 
-    start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
-        trainable.load_state(state["trained"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
+    start_epoch, history = resume(lambda state: trainable.load_state(state["trained"]), optimizer, scheduler)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
     shard = ray.train.get_dataset_shard("train")
@@ -443,6 +435,22 @@ def train_loop_per_worker(config: dict) -> None:
             recipes.write_recipe_file(folder, prompt_recipe)
 
         report_epoch(history, recipe.epochs, start_epoch, rank, say, state, export)
+
+
+def resume(load: Callable[[dict], None], optimizer, scheduler) -> tuple[int, list[dict]]:
+    """Where this worker group starts: after the epoch of Ray Train's last checkpoint (its trained state given to
+    `load`, the optimizer and the schedule restored) -> (that epoch + 1, the history so far); else (0, [])."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+    load(state)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["epoch"] + 1, state["history"]
 
 
 def report_epoch(

@@ -17,7 +17,6 @@ after the last; the same TorchTrainer configs), so the retraining job versions a
 from __future__ import annotations
 
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -30,7 +29,7 @@ from pipeline import registry
 from pipeline.media import MediaError, MediaOptions
 from pipeline.scorers.full_reference import load_pair
 from pipeline.syllabus import augment
-from pipeline.training import STATE_FILE, Recipe, Scaling, item_rng, report_epoch, trainer_configs
+from pipeline.training import Recipe, Scaling, item_rng, report_epoch, resume, trainer_configs
 
 DEFAULT_LR = 1e-4  # VTAMIQ's AdamW learning rate when --lr is not given
 CACHE_BYTES = 1 << 30  # decoded pairs each worker keeps between epochs
@@ -167,15 +166,7 @@ def train_loop_per_worker(config: dict) -> None:
     total = steps_per_epoch * recipe.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(recipe.warmup_ratio * total), total)
 
-    start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
+    start_epoch, history = resume(lambda state: model.load_state_dict(state["model"]), optimizer, scheduler)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     model_config = model.config
 
