@@ -1,6 +1,6 @@
 """The scoring job on Ray Data: manifest shards -> decode + prepare (CPU) -> scorer actors (GPU) -> score shards.
 
-    read_parquet(pending shards) -> map_batches(PrepareStage, CPU actors) -> map_batches(ScoreStage, one per GPU)
+    read_rows(pending shards) -> map_batches(PrepareStage, CPU actors) -> map_batches(ScoreStage, one per GPU)
         -> the driver collects each shard's score rows (small: no pixels) and commits the shard once it is complete.
 
 What a stage does with a row is the kind of scorer's (pipeline.scorers: an LMM's levels, a full-reference metric);
@@ -33,7 +33,7 @@ from pipeline.levels import DEFAULT_LEVELS, Levels
 from pipeline.media import MediaError, MediaOptions, Prefetcher
 from pipeline.progress import ScoringProgress
 from pipeline.scorers import Kind, ScorerArgs, step_columns
-from pipeline.shards import Output, Shard, manifest_listing, read_shard
+from pipeline.shards import Output, Shard, manifest_listing, read_rows, read_shard
 from pipeline.validation import validate_manifest_shards
 from pipeline.watchdog import DEFAULT_STALL_S, watch
 from schemas import MANIFEST_V1, output_columns, validate_scores
@@ -70,13 +70,16 @@ class PrepareStage:
     """CPU stage: fetch, decode and prepare each row the kind's way (pipeline.scorers). Bad items become errors."""
 
     def __init__(self, kind: Kind, options: MediaOptions) -> None:
+        print("TRACE prep_init_start", time.time(), flush=True)
         self.prepare = kind.preparer(options)
         self.columns, self.keep_inputs = kind.prepared_columns, kind.runs_on_device
         self.reads = kind.reads
         self.options = options
+        print("TRACE prep_init_end", time.time(), flush=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
+        print("TRACE prep_call", time.time(), n, flush=True)
         # "" = no error: an all-null column would come back from Arrow as floats (NaN) in the next stage
         errors, inputs = np.full(n, "", object), np.full(n, b"", object)
         values = {c: np.full(n, np.nan) for c in self.columns}
@@ -127,20 +130,41 @@ class ScoreStage:
     """
 
     def __init__(self, kind: Kind) -> None:
+        print("TRACE score_init_start", time.time(), flush=True)
         import torch
 
         self.step = kind.device_step("cuda" if torch.cuda.is_available() else "cpu")
         self.columns = step_columns(kind)
+        print("TRACE score_init_end", time.time(), flush=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
         ok = batch["error"] == ""
+        print("TRACE score_call", time.time(), n, flush=True)
         out = {k: v for k, v in batch.items() if k != "inputs"}
         values = {c: np.full(n, np.nan) for c in self.columns}
         if ok.any():
             for c, v in self.step([pickle.loads(b) for b in batch["inputs"][ok]]).items():
                 values[c][ok] = v
         return {**out, **values}
+
+
+# Logical CPUs, which only decide what Ray runs at once. A read task takes one (Ray Data's default, which lets the
+# split into blocks run inside the read task) and one is always left free for reads, so that reads never wait on
+# actors that wait on reads.
+READ_CPUS = 1.0
+
+
+def logical_cpus(cpus: float, gpus: float, num_scorers: int) -> tuple[float, float, int]:
+    """(CPUs per decoder, CPUs per scorer, number of decoders) for a cluster of `cpus` and `gpus`.
+
+    On large machines a decoder and a GPU scorer each take a CPU. On small ones decoders and CPU scorers take a
+    quarter each, sharing the cores, with at most one decoder per core.
+    """
+    unit = 1.0 if cpus >= 8 else 0.25
+    scorer_cpus = 1.0 if gpus else unit
+    decoders = min(int(cpus), int((cpus - READ_CPUS - num_scorers * scorer_cpus) / unit))
+    return unit, scorer_cpus, max(1, decoders)
 
 
 # Batches queued on each scorer actor: one running, two being fetched (Ray Data's default is 2: one running, one
@@ -358,7 +382,7 @@ def run(config: JobConfig, log=console.say) -> dict:
         summary["failure"] = (
             f"{len(short)} shard(s) yielded fewer rows than their manifest holds, nothing committed for them: "
             + ", ".join(f"{name} ({seen})" for name, seen in sorted(short.items()))
-            + " (changed or emptied after validation? Ray Data skips files it reads as zero-size): check them, rerun"
+            + " (changed or emptied after validation? the job's log says why): check them, rerun"
         )
     elif rate > config.max_error_rate:
         summary["status"] = "failed"
@@ -396,13 +420,8 @@ def _score(
     if not kind.runs_on_device:  # preparation computes everything: no scorer actors, every CPU decodes
         num_scorers = 0
     scorer_gpus = config.gpus_per_scorer if gpus else 0
-    # Logical CPUs. Ray Data's file listing takes a whole CPU at the start, and the decoder pool starts with one actor,
-    # so actors never starve the listing; reads are I/O (a quarter CPU). On small machines decoders and CPU scorers
-    # count as half a CPU each, so that read + decode + score always fit and the pipeline cannot stall.
-    unit = 1.0 if cpus >= 8 else 0.5
-    scorer_cpus = 1.0 if gpus else unit
-    decoders = max(1, int((cpus - num_scorers * scorer_cpus - 0.25) / unit))
-    need_cpus, need_gpus = num_scorers * scorer_cpus + unit + 0.25, num_scorers * scorer_gpus
+    unit, scorer_cpus, decoders = logical_cpus(cpus, gpus, num_scorers)
+    need_cpus, need_gpus = num_scorers * scorer_cpus + unit + READ_CPUS, num_scorers * scorer_gpus
     if need_cpus > cpus or need_gpus > gpus:  # would wait forever for resources that are not there
         raise JobError(
             f"--num-scorers {num_scorers} (each {scorer_cpus:g} CPU, {scorer_gpus:g} GPU) with one decoder and the "
@@ -415,22 +434,18 @@ def _score(
         fetch_concurrency=config.fetch_concurrency,
     )
 
-    fs, _ = store.arrow_filesystem(pending[0].url)
-    paths = [store.filesystem(s.url)[1] for s in pending]
-    try:
-        source = ray.data.read_parquet(paths, filesystem=fs, include_paths=True, partitioning=None, num_cpus=0.25)
-    except ValueError as e:
-        if "no files found" not in str(e):
-            raise
-        # Every pending file reads as zero-size now (they changed after validation): no row can come.
-        return Counter(), {}, _short_shards(pending, Counter())
+    # One read task per pending shard, from the listing validation already made: no second listing of the manifest
+    # and no footer reads on the cluster before the first row (Ray Data's read_parquet starts 32 footer-reading actors).
+    source = ray.data.from_items([{"shard": s.url} for s in pending], override_num_blocks=len(pending))
     ds = (
-        source
-        # Only what the stages need (Ray pushes this down into the read). Extra manifest columns reach the output
-        # from the file itself, in `assemble`: a manifest's own `path` column is replaced here by the file's path,
-        # which only routes rows to their shard, and is written to the output unchanged.
-        .select_columns([*MANIFEST_V1.names, *kind.reads, "path"])
-        # Small manifest files are read as one block; split into blocks of a few batches so that decoding and
+        source.map_batches(
+            read_rows,
+            fn_kwargs={"columns": [*MANIFEST_V1.names, *kind.reads]},
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=READ_CPUS,
+        )
+        # Manifest files are read as one block each; split into blocks of a few batches so that decoding and
         # scoring overlap (streaming) and finished rows reach the driver, and its commits, early.
         .repartition(target_num_rows_per_block=config.batch_size * 8)
         .map_batches(
@@ -439,7 +454,7 @@ def _score(
             # a window of a few scorer batches, sorted by shape inside (order_by_shape)
             batch_size=config.batch_size * SHAPE_WINDOW,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders),
+            compute=ray.data.ActorPoolStrategy(size=decoders),  # all started at once: their start-up overlaps
             num_cpus=unit,
         )
     )
@@ -453,17 +468,19 @@ def _score(
             num_gpus=scorer_gpus,
             num_cpus=scorer_cpus,
         )
-    by_path = {p: s for p, s in zip(paths, pending)}
+    by_path = {s.url: s for s in pending}
     parts: dict[str, list[pa.Table]] = defaultdict(list)
     seen: Counter = Counter()
     counts: Counter = Counter()
     t0 = time.perf_counter()
+    print("TRACE driver_t0", time.time(), flush=True)
     t_first, rows_first = None, 0
     max_partial = 0
     terminal = console.stdout if console.is_terminal() else None
     progress = ScoringProgress(sum(s.num_rows for s in pending), len(pending), log, terminal, config.progress_every_s)
     for block in watch(ds.iter_batches(batch_size=None, batch_format="pyarrow"), config.stall_timeout_s, "scoring"):
         if t_first is None:
+            print("TRACE driver_first", time.time(), flush=True)
             t_first, rows_first = time.perf_counter(), block.num_rows
         errors = Counter(error_kind(e) for e in block.column("error").to_pylist() if e)
         for path in pc.unique(block.column("path")).to_pylist():
@@ -491,8 +508,8 @@ def _score(
 def _short_shards(pending: list[Shard], seen: Counter) -> dict[str, str]:
     """Shards that yielded fewer rows than validation counted: name -> "rows seen of rows expected".
 
-    Ray Data skips files it reads as zero-size, and a file changed after validation may hold fewer rows: such a
-    shard never completes, so it is never committed, and the job fails naming it.
+    A file changed after validation may hold fewer rows or none (`read_rows`): such a shard never completes, so it
+    is never committed, and the job fails naming it.
     """
     return {s.name: f"{seen[s.name]} of {s.num_rows} rows" for s in pending if seen[s.name] < s.num_rows}
 

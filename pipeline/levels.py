@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 
 @dataclass(frozen=True)
@@ -35,10 +34,11 @@ class Levels:
         """Output column names, one float column per level: p_excellent, p_good, ..."""
         return [f"p_{w}" for w in self.words]
 
-    def probabilities(self, level_logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    def probabilities(self, level_logits: np.ndarray) -> np.ndarray:
         """Close-set softmax (Eq. 3): a softmax over the level words' logits only, in float64 for stable output."""
-        logits = torch.as_tensor(level_logits, dtype=torch.float64)
-        return torch.softmax(logits, dim=-1).numpy()
+        logits = np.asarray(level_logits, dtype=np.float64)
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
 
     def score(self, probs: np.ndarray) -> np.ndarray:
         """Eq. 4: the probability-weighted level score, on this syllabus's scale (1..5 by default)."""

@@ -120,7 +120,7 @@ class Scorer:
 
     def probabilities(self, prepared: list[dict[str, np.ndarray]]) -> np.ndarray:
         """[batch, n_levels] close-set softmax over the level words."""
-        return self.levels.probabilities(self.level_logits(prepared).cpu())
+        return self.levels.probabilities(self.level_logits(prepared).cpu().numpy())
 
     def score_media(self, media: list[Media]) -> tuple[np.ndarray, np.ndarray]:
         """Convenience for small jobs: prepare and score in one call. Returns (probabilities, scores)."""

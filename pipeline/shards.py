@@ -8,6 +8,7 @@ written again by a rerun; a committed shard is never touched again.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -85,6 +86,22 @@ def read_shard(url: str, columns: list[str] | None = None) -> pa.Table:
         return store.read_parquet(url, columns=columns)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise unreadable(url, e) from e
+
+
+def read_rows(batch: pa.Table, columns: list[str]) -> pa.Table:
+    """Read task: one manifest shard's `columns` (batch: its url, in column "shard"), each row tagged with the
+    shard's url in column "path", which routes it to its shard in the driver.
+
+    A shard that no longer reads (rewritten or emptied after validation) yields no rows: the job goes on with the
+    other shards and then fails naming it (pipeline.job), with the reason in the job's log.
+    """
+    url = batch.column("shard")[0].as_py()
+    try:
+        table = read_shard(url, columns)
+    except SchemaError as e:
+        print(f"qcurate: {e}; its rows are left out and the shard is not committed", file=sys.stderr, flush=True)
+        table = pa.schema([(c, pa.string()) for c in columns]).empty_table()
+    return table.append_column("path", pa.array([url] * table.num_rows, pa.string()))
 
 
 def check_manifest_schema(url: str, reserved: Collection[str] = (), needs: Collection[str] = ()) -> pa.Schema:

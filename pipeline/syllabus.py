@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy.special import ndtr  # the standard normal CDF (scipy.stats.norm.cdf), without scipy.stats' import time
 
 from pipeline.levels import DEFAULT_LEVELS, Levels
 from pipeline.recipes import GENERIC, PromptRecipe
@@ -63,7 +63,7 @@ def level_target(
         target[int(levels.level_of_mos(mos, scale_min, scale_max))] = 1.0
         return target
     edges = scale_min + (scale_max - scale_min) * np.arange(1, n) / n  # upper edges, worst level first
-    cdf = np.concatenate([[0.0], stats.norm.cdf((edges - mos) / mos_std), [1.0]])
+    cdf = np.concatenate([[0.0], ndtr((edges - mos) / mos_std), [1.0]])
     return np.diff(cdf)[::-1].astype(np.float32)  # best first
 
 

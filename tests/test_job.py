@@ -356,7 +356,7 @@ def test_shards_that_yield_fewer_rows_than_validated_fail_the_job_and_are_not_co
 
     def change_files_after_validation(message: str) -> None:
         # Between validation and reading (the job logs its plan in between), two shards change under the job:
-        # one becomes a zero-byte file (which Ray Data skips without a word), one loses a row.
+        # one becomes a zero-byte file (no longer Parquet: read as no rows, the reason logged), one loses a row.
         if message.startswith("manifest:"):
             (manifest / "part-00001.parquet").write_bytes(b"")
             fewer = pq.read_table(pa.BufferReader(originals["part-00002.parquet"])).slice(0, 1)
@@ -385,7 +385,7 @@ def test_no_rows_at_all_fails_naming_the_shard(ray_cluster, corpus, tiny_models,
 
     def empty_the_shard(message: str) -> None:
         if message.startswith("manifest:"):
-            (manifest / "part-00000.parquet").write_bytes(b"")  # Ray Data reads it as nothing, silently
+            (manifest / "part-00000.parquet").write_bytes(b"")  # read as no rows (the reason logged)
 
     with pytest.raises(JobError, match=r"part-00000.parquet \(0 of 2 rows\)"):
         run(config(str(manifest), output, tiny_models["llava"]), log=empty_the_shard)

@@ -40,6 +40,8 @@ def test_close_set_softmax_and_both_score_conventions():
     e = np.exp(logits[0])
     np.testing.assert_allclose(probs[0], e / e.sum())
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    far_apart = DEFAULT_LEVELS.probabilities(np.array([800.0, 0.0, 0.0, 0.0, -800.0]))  # exp(800) overflows float64
+    np.testing.assert_array_equal(far_apart, [1.0, 0.0, 0.0, 0.0, 0.0])
     score = DEFAULT_LEVELS.score(probs)
     np.testing.assert_allclose(score[1], 3.0)
     np.testing.assert_allclose(score[0], probs[0] @ [5, 4, 3, 2, 1])

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.corpus import build_sample_corpus
-from pipeline.job import JobConfig, JobError, run
+from pipeline.job import READ_CPUS, JobConfig, JobError, logical_cpus, run
 from pipeline.shards import write_manifest
 from pipeline.synthetic import write_label_shard
 from pipeline.training import Scaling
@@ -114,7 +114,7 @@ def test_a_starved_scoring_stage_fails_instead_of_hanging(hold_cpus, tiny_models
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     # Uncommit the shard but keep the recorded validation, so the rerun goes straight to scoring...
     shutil.rmtree(scores / "_committed")
-    # ...and starve it: with 1.5 of the 2 CPUs held, the pipeline's file listing (a whole CPU) is never placed.
+    # ...and starve it: with 1.5 of the 2 CPUs held, its read tasks (a whole CPU each) are never placed.
     hold_cpus(1.5)
     start = time.monotonic()
     result = subprocess.run([*cmd, "--stall-timeout", "30"], capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -163,8 +163,18 @@ def test_scoring_requests_that_cannot_be_placed_fail_at_once(ray_cluster, tiny_m
     write_manifest(rows, str(tmp_path / "manifest"), num_shards=1)
     cfg = config(tmp_path / "manifest", tmp_path / "scores", tiny_models["llava"])
     cfg.num_scorers = 4
-    with pytest.raises(JobError, match=r"--num-scorers 4 .* needs 2.75 CPU\(s\) .* the cluster has 2"):
+    with pytest.raises(JobError, match=r"--num-scorers 4 .* needs 2.25 CPU\(s\) .* the cluster has 2"):
         run(cfg)
+
+
+@pytest.mark.parametrize("cpus, gpus", [(2, 0), (4, 0), (8, 1), (16, 1), (96, 8)])
+def test_decoders_scorers_and_a_read_always_fit_the_cluster(cpus, gpus):
+    """Actors hold their CPUs for the whole job: a plan that left no CPU for a read task would wait forever."""
+    scorers = max(1, gpus)
+    unit, scorer_cpus, decoders = logical_cpus(cpus, gpus, scorers)
+    assert decoders * unit + scorers * scorer_cpus + READ_CPUS <= cpus
+    assert 1 <= decoders <= cpus  # at most one decoder per core
+    assert decoders >= cpus - scorers - READ_CPUS  # and no core left idle
 
 
 def test_training_resources_are_sized_to_the_cluster():
