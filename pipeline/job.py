@@ -70,16 +70,13 @@ class PrepareStage:
     """CPU stage: fetch, decode and prepare each row the kind's way (pipeline.scorers). Bad items become errors."""
 
     def __init__(self, kind: Kind, options: MediaOptions) -> None:
-        print("TRACE prep_init_start", time.time(), flush=True)
         self.prepare = kind.preparer(options)
         self.columns, self.keep_inputs = kind.prepared_columns, kind.runs_on_device
         self.reads = kind.reads
         self.options = options
-        print("TRACE prep_init_end", time.time(), flush=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
-        print("TRACE prep_call", time.time(), n, flush=True)
         # "" = no error: an all-null column would come back from Arrow as floats (NaN) in the next stage
         errors, inputs = np.full(n, "", object), np.full(n, b"", object)
         values = {c: np.full(n, np.nan) for c in self.columns}
@@ -130,17 +127,14 @@ class ScoreStage:
     """
 
     def __init__(self, kind: Kind) -> None:
-        print("TRACE score_init_start", time.time(), flush=True)
         import torch
 
         self.step = kind.device_step("cuda" if torch.cuda.is_available() else "cpu")
         self.columns = step_columns(kind)
-        print("TRACE score_init_end", time.time(), flush=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["id"])
         ok = batch["error"] == ""
-        print("TRACE score_call", time.time(), n, flush=True)
         out = {k: v for k, v in batch.items() if k != "inputs"}
         values = {c: np.full(n, np.nan) for c in self.columns}
         if ok.any():
@@ -473,14 +467,12 @@ def _score(
     seen: Counter = Counter()
     counts: Counter = Counter()
     t0 = time.perf_counter()
-    print("TRACE driver_t0", time.time(), flush=True)
     t_first, rows_first = None, 0
     max_partial = 0
     terminal = console.stdout if console.is_terminal() else None
     progress = ScoringProgress(sum(s.num_rows for s in pending), len(pending), log, terminal, config.progress_every_s)
     for block in watch(ds.iter_batches(batch_size=None, batch_format="pyarrow"), config.stall_timeout_s, "scoring"):
         if t_first is None:
-            print("TRACE driver_first", time.time(), flush=True)
             t_first, rows_first = time.perf_counter(), block.num_rows
         errors = Counter(error_kind(e) for e in block.column("error").to_pylist() if e)
         for path in pc.unique(block.column("path")).to_pylist():
