@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import pickle
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,12 +33,13 @@ import torch
 from transformers import PretrainedConfig
 from transformers.utils import logging as hf_logging
 
-from pipeline import models
+from pipeline import models, scorers
 from pipeline.corpus import IMAGE_LONG_SIDE, build_sample_corpus, load_photo, pan_zoom_frames, write_video
-from pipeline.job import SHAPE_WINDOW, JobConfig, init_ray, order_by_shape, run
+from pipeline.job import SHAPE_WINDOW, JobConfig, init_ray, logical_cpus, order_by_shape, run
 from pipeline.media import MediaOptions, load_media
 from pipeline.models.tiny import FAMILIES, make_tiny_model
 from pipeline.scorer import Scorer
+from pipeline.scorers import ScorerArgs
 from pipeline.shards import write_manifest
 
 # ------------------------------------------------------------------------------------------------------------
@@ -296,6 +300,49 @@ def report_padding(scorer: Scorer, work: Path, batch_size: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Start-up: the CPU a fresh stage process spends before its first batch (a lower bound on the job's first rows)
+
+# A fresh interpreter builds one stage the way a Ray Data actor does (ray.data first, then the stage's constructor)
+# and prints the CPU seconds its process used in all: interpreter, imports, processor or model load.
+STAGE_STARTUP = """
+import pickle, resource, sys
+import ray.data
+from pipeline import job
+kind, options = pickle.loads(bytes.fromhex(sys.argv[2]))
+job.PrepareStage(kind, options) if sys.argv[1] == "prepare" else job.ScoreStage(kind)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(usage.ru_utime + usage.ru_stime)
+"""
+
+
+def stage_startup_cpu(model: str, stage: str) -> float:
+    """CPU seconds for a fresh process to build the job's `stage` ("prepare" or "score") for `model`."""
+    kind = scorers.create("lmm", ScorerArgs(model, model))
+    arg = pickle.dumps((kind, MediaOptions())).hex()
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # the CPU cost of start-up; a GPU's own set-up is not counted
+    done = subprocess.run([sys.executable, "-c", STAGE_STARTUP, stage, arg], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"building the {stage} stage failed: {done.stderr[-2000:]}")
+    return float(done.stdout.split()[-1])
+
+
+def report_startup(model: str, cpus: int, n_rows: int, decode_rate: float, forward_rate: float) -> None:
+    """The best whole-job ratio this machine allows: the job's processes need at least their start-up CPU plus every
+    image's decode and forward CPU (as measured in one process), over the cores they share. Ray's own processes are
+    left out, so the true bound is lower."""
+    _, _, decoders = logical_cpus(cpus, 0, 1)
+    prepare, score = stage_startup_cpu(model, "prepare"), stage_startup_cpu(model, "score")
+    work = decoders * prepare + score + n_rows * (1 / decode_rate + 1 / forward_rate)
+    fastest = work / min(cpus, decoders + 1)
+    print(
+        f"start-up CPU of a fresh stage process (alone): decoder {prepare:.1f} s, scorer {score:.1f} s; with "
+        f"{decoders} decoder(s) and 1 scorer on {cpus} CPU(s), start-up and {n_rows} images need {work:.1f} CPU-s: "
+        f"the whole job takes >= {fastest:.1f} s, at most {n_rows / fastest / min(decode_rate, forward_rate):.2f} x "
+        "the slower stage"
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -362,6 +409,9 @@ def main() -> None:
     scorer = built = None  # the job's scorer actor loads its own copy (on a GPU: the device's memory is needed back)
     if cuda:
         torch.cuda.empty_cache()
+    slower = min(decode_rate, forward_rate)
+    if not cuda:  # on a GPU machine the cores are many and the model load dominates: this floor says little
+        report_startup(model, os.cpu_count() or 1, len(rows), decode_rate, forward_rate)
     manifest = str(work / "manifest")
     write_manifest(rows, manifest, num_shards=max(1, len(rows) // 120))
     ray_start = init_ray()
@@ -370,7 +420,6 @@ def main() -> None:
         log=lambda _: None,
     )
     job = summary["this_run"]
-    slower = min(decode_rate, forward_rate)
     print(
         f"whole job on Ray (read -> decode actors -> scorer actor -> commit): {job['rows_per_s']:8.1f} images/s "
         f"over {job['scoring_s']:.1f} s = {job['rows_per_s'] / slower:.2f} x the slower of decode/forward"

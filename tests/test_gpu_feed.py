@@ -4,6 +4,7 @@ processor would), rows sorted by shape inside a window, and the benchmark's mode
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
@@ -125,3 +126,15 @@ def test_benchmark_builds_tiny_models_and_counts_full_sizes_without_building_the
     assert 8.1e9 < owl2 < 8.3e9, owl2
     qwen = bench.count_parameters("qwen3_5", tiny_models["qwen3_5"])
     assert 0.7e9 < qwen < 1.0e9, qwen  # Qwen3.5-0.8B's scale
+
+
+def test_benchmark_measures_a_stage_process_start_up(tiny_models, tmp_path):
+    """The start-up floor the benchmark prints is a fresh process's CPU to build a real stage: positive, and a stage
+    that cannot be built (here: a folder without its weights) fails naming the stage instead of printing a figure."""
+    bench = benchmark_module()
+    assert bench.stage_startup_cpu(tiny_models["llava"], "prepare") > 0.5  # at least the interpreter and imports
+    no_weights = shutil.copytree(
+        tiny_models["llava"], tmp_path / "llava", ignore=shutil.ignore_patterns("*.safetensors")
+    )
+    with pytest.raises(RuntimeError, match="building the score stage failed"):
+        bench.stage_startup_cpu(str(no_weights), "score")
