@@ -72,7 +72,7 @@ class PrepareStage:
     def __init__(self, kind: Kind, options: MediaOptions) -> None:
         self.prepare = kind.preparer(options)
         self.columns, self.keep_inputs = kind.prepared_columns, kind.runs_on_device
-        self.reads = kind.reads
+        self.reads, self.references = kind.reads, kind.references
         self.options = options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -83,8 +83,7 @@ class PrepareStage:
         rows = [{k: batch[k][i] for k in ("id", "uri", "media_type", *self.reads)} for i in range(n)]
         # The objects each row reads (its item; a full-reference kind's reference too), fetched a few rows ahead
         # while this thread decodes and prepares one row at a time, in order. Each row keeps its own outcome.
-        ref_columns = [c for c in self.reads if c.endswith("uri")]
-        reads = [[(row["uri"], row["media_type"]), *((row[c], "image") for c in ref_columns)] for row in rows]
+        reads = [[(row["uri"], row["media_type"]), *((row[c], "image") for c in self.references)] for row in rows]
         with Prefetcher(reads, self.options) as prefetch:
             for i, row in enumerate(rows):
                 prefetch.advance(i)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +64,7 @@ class ShapeKind:
 
     name: str = "shape"
     reads: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
     prepared_columns: tuple[str, ...] = ("height",)
     runs_on_device: bool = False
 
@@ -140,6 +142,33 @@ def test_reads_overlap(proxied):
     assert proxy.counts(tracked=True) == {"GET": n}
     # One at a time these reads take at least n delays (2 s); four at a time about n / 4 (0.5 s).
     assert elapsed < 0.7 * n * delay, elapsed
+
+
+def test_a_full_reference_row_fetches_its_reference_ahead_with_its_item(tmp_path, monkeypatch):
+    """The kind names the columns of its reference images (Kind.references): they are read ahead on the fetch
+    threads with the items, not one at a time in the thread that decodes."""
+    import threading
+
+    from pipeline import media
+    from pipeline.scorers.full_reference import ClassicalMetric
+
+    n = 6
+    for i in range(n):
+        (tmp_path / f"{i}.jpg").write_bytes(jpeg_bytes(i))
+        (tmp_path / f"ref-{i}.jpg").write_bytes(jpeg_bytes(n + i))
+    batch = batch_of([str(tmp_path / f"{i}.jpg") for i in range(n)])
+    batch["ref_uri"] = np.array([str(tmp_path / f"ref-{i}.jpg") for i in range(n)], object)
+    threads, original = {}, media._read_once  # the read itself (read_bytes is also the caller's take)
+
+    def recorded_read(fs, path, uri, options, media_type):
+        threads.setdefault(Path(uri).name, []).append(threading.current_thread().name.split("_")[0])
+        return original(fs, path, uri, options, media_type)
+
+    monkeypatch.setattr(media, "_read_once", recorded_read)
+    out = PrepareStage(ClassicalMetric("psnr"), MediaOptions(fetch_concurrency=3))(batch)
+    assert list(out["error"]) == [""] * n and np.isfinite(out["psnr"]).all()
+    assert sorted(threads) == sorted([f"{i}.jpg" for i in range(n)] + [f"ref-{i}.jpg" for i in range(n)])
+    assert all(names == ["fetch"] for names in threads.values()), threads  # each read once, ahead, on a fetch thread
 
 
 def test_transient_faults_lose_no_row_and_fail_no_row(proxied):

@@ -56,6 +56,7 @@ class ScorerArgs:
 class Kind(Protocol):
     name: str  # the --scorer name, written into every output shard's metadata
     reads: tuple[str, ...]  # manifest columns beyond id, uri and media_type (e.g. ref_uri)
+    references: tuple[str, ...]  # of those, the columns naming a reference image, fetched along with the item
     columns: ScoreColumns  # the output columns, their ranges and the headline column
     prepared_columns: tuple[str, ...]  # the output columns that preparation fills (Prepared.values)
     constants: dict[str, str]  # output columns with one value per run (e.g. task)

@@ -77,6 +77,7 @@ class ClassicalMetric:
 
     name: str  # psnr | ssim | ms-ssim
     reads: tuple[str, ...] = ("ref_uri",)
+    references: tuple[str, ...] = ("ref_uri",)
     prepared_columns: tuple[str, ...] = ("fr_score", "psnr", "ssim")
     constants: dict[str, str] = field(default_factory=dict)
     revision: str | None = METRIC_REVISION

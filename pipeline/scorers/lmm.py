@@ -31,6 +31,7 @@ class LevelScorer:
     recipe_name: str = ""  # the recipe that applies, resolved on the driver from the small config files
     name: str = "lmm"
     reads: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
     # frames is an output column; tokens (the prompt's length) only orders rows into batches of like shape
     # (pipeline.job.order_by_shape) and is not written
     prepared_columns: tuple[str, ...] = ("frames", "tokens")

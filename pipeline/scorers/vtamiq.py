@@ -36,6 +36,7 @@ class VTAMIQScorer:
     score_scale: tuple[float, float]
     name: str = "vtamiq"
     reads: tuple[str, ...] = ("ref_uri",)
+    references: tuple[str, ...] = ("ref_uri",)
     prepared_columns: tuple[str, ...] = ("psnr", "ssim")
     constants: dict[str, str] = field(default_factory=dict)
     videos_allowed: bool = True  # a video is a row error (video_not_supported)
