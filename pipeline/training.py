@@ -353,14 +353,7 @@ def train_loop_per_worker(config: dict) -> None:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model = family.load_model(parent, torch.float32, "cpu")
     trainable = setup_method(model, family, processor, level_ids, recipe, parent)
-    console = config.get("console")
-
-    def say(line: str) -> None:  # rank 0's lines for the user, through the driver (pipeline.console.Relay)
-        if rank == 0:
-            print(line, flush=True)  # the worker's own log
-            if console is not None:
-                ray.get(console.say.remote(line))
-
+    say = rank_zero_say(rank, config.get("console"))
     total = sum(p.numel() for p in trainable.objective.parameters())
     say(f"training: {recipe.method}: {trainable.trainable_parameters():,} trainable parameters of {total:,}")
     objective = ray.train.torch.prepare_model(
@@ -409,32 +402,18 @@ def train_loop_per_worker(config: dict) -> None:
         if world > 1:
             torch.distributed.all_reduce(totals)
         loss_sum, rows, right = totals.tolist()
-        history.append(
-            {
-                "epoch": epoch,
-                "loss": loss_sum / max(rows, 1),
-                "level_accuracy": right / max(rows, 1),
-                "examples": int(rows),
-                "seconds": round(time.time() - began, 2),
-                "attempt_began_at": start_epoch,  # the epoch this worker group (re)started at: resumes show here
-            }
-        )
-
-        def state(epoch: int = epoch) -> dict:
-            return {
-                "epoch": epoch,
-                "history": history,
-                "trained": trainable.state(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-            }
+        figures = {"loss": loss_sum / max(rows, 1), "level_accuracy": right / max(rows, 1), "examples": int(rows)}
+        record_epoch(history, epoch, start_epoch, began, figures)
 
         def export(folder: str) -> None:
             trainable.export(folder)
             # the prompt recipe it was trained with, beside it: the version is scored with that recipe
             recipes.write_recipe_file(folder, prompt_recipe)
 
-        report_epoch(history, recipe.epochs, start_epoch, rank, say, state, export)
+        def trained() -> dict:
+            return {"trained": trainable.state()}
+
+        report_epoch(history, recipe.epochs, start_epoch, rank, say, trained, optimizer, scheduler, export)
 
 
 def resume(load: Callable[[dict], None], optimizer, scheduler) -> tuple[int, list[dict]]:
@@ -453,18 +432,47 @@ def resume(load: Callable[[dict], None], optimizer, scheduler) -> tuple[int, lis
     return state["epoch"] + 1, state["history"]
 
 
+def rank_zero_say(rank: int, console) -> Callable[[str], None]:
+    """A training worker's `say`: rank 0's lines go to its own log and, through the driver (pipeline.console.Relay,
+    or None), to the user; the other ranks' are dropped (every rank would say the same)."""
+    import ray
+
+    def say(line: str) -> None:
+        if rank == 0:
+            print(line, flush=True)
+            if console is not None:
+                ray.get(console.say.remote(line))
+
+    return say
+
+
+def record_epoch(history: list[dict], epoch: int, start_epoch: int, began: float, figures: dict) -> None:
+    """Add an epoch's entry to the history: the loop's figures (loss and examples; level accuracy where measured)."""
+    history.append(
+        {
+            "epoch": epoch,
+            **figures,
+            "seconds": round(time.time() - began, 2),
+            "attempt_began_at": start_epoch,  # the epoch this worker group (re)started at: resumes show here
+        }
+    )
+
+
 def report_epoch(
     history: list[dict],
     epochs: int,
     start_epoch: int,
     rank: int,
     say: Callable[[str], None],
-    state: Callable[[], dict],
+    trained: Callable[[], dict],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
     export: Callable[[str], None],
     unit: str = "examples",
 ) -> None:
     """The end of an epoch on every worker: its line for the user, and its report to Ray Train, with rank 0's
-    checkpoint (`state()`, what a resumed run starts from; on the last epoch also the model, `export(folder)`)."""
+    checkpoint: what a resumed run starts from (`resume`: the loop's trained state, `trained()`, with the optimizer
+    and the schedule), and on the last epoch also the model (`export(folder)`)."""
     import ray.train
 
     say(epoch_line(history, epochs, start_epoch, unit))
@@ -473,7 +481,9 @@ def report_epoch(
     metrics = {**history[-1], "start_epoch": start_epoch, **({"history": list(history)} if last else {})}
     with tempfile.TemporaryDirectory() as folder:
         if rank == 0:
-            torch.save(state(), os.path.join(folder, STATE_FILE))
+            state = {"epoch": history[-1]["epoch"], "history": history, **trained()}
+            state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            torch.save(state, os.path.join(folder, STATE_FILE))
             if last:
                 export(os.path.join(folder, EXPORT_DIR))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))

@@ -29,7 +29,16 @@ from pipeline import registry
 from pipeline.media import MediaError, MediaOptions
 from pipeline.scorers.full_reference import load_pair
 from pipeline.syllabus import augment
-from pipeline.training import Recipe, Scaling, item_rng, report_epoch, resume, trainer_configs
+from pipeline.training import (
+    Recipe,
+    Scaling,
+    item_rng,
+    rank_zero_say,
+    record_epoch,
+    report_epoch,
+    resume,
+    trainer_configs,
+)
 
 DEFAULT_LR = 1e-4  # VTAMIQ's AdamW learning rate when --lr is not given
 CACHE_BYTES = 1 << 30  # decoded pairs each worker keeps between epochs
@@ -140,12 +149,7 @@ def train_loop_per_worker(config: dict) -> None:
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
     console = config.get("console")
-
-    def say(line: str) -> None:  # rank 0's lines for the user, through the driver (pipeline.console.Relay)
-        if rank == 0:
-            print(line, flush=True)
-            if console is not None:
-                ray.get(console.say.remote(line))
+    say = rank_zero_say(rank, console)
 
     model = VTAMIQ.load(registry.local_path(config["parent"]), "cpu", torch.float32).train()
     model.config.score_scale = tuple(config["score_scale"])  # what the export records
@@ -193,26 +197,14 @@ def train_loop_per_worker(config: dict) -> None:
         if world > 1:
             torch.distributed.all_reduce(totals)
         loss_sum, rows = totals.tolist()
-        history.append(
-            {
-                "epoch": epoch,
-                "loss": loss_sum / max(rows, 1),
-                "examples": int(rows),
-                "seconds": round(time.time() - began, 2),
-                "attempt_began_at": start_epoch,  # the epoch this worker group (re)started at: resumes show here
-            }
+        record_epoch(history, epoch, start_epoch, began, {"loss": loss_sum / max(rows, 1), "examples": int(rows)})
+
+        def trained() -> dict:
+            return {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+
+        report_epoch(
+            history, recipe.epochs, start_epoch, rank, say, trained, optimizer, scheduler, model.save, unit="pairs"
         )
-
-        def state(epoch: int = epoch) -> dict:
-            return {
-                "epoch": epoch,
-                "history": history,
-                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-            }
-
-        report_epoch(history, recipe.epochs, start_epoch, rank, say, state, model.save, unit="pairs")
 
 
 def fit(
