@@ -409,7 +409,6 @@ def main() -> None:
     scorer = built = None  # the job's scorer actor loads its own copy (on a GPU: the device's memory is needed back)
     if cuda:
         torch.cuda.empty_cache()
-    slower = min(decode_rate, forward_rate)
     if not cuda:  # on a GPU machine the cores are many and the model load dominates: this floor says little
         report_startup(model, os.cpu_count() or 1, len(rows), decode_rate, forward_rate)
     manifest = str(work / "manifest")
@@ -420,6 +419,7 @@ def main() -> None:
         log=lambda _: None,
     )
     job = summary["this_run"]
+    slower = min(decode_rate, forward_rate)
     print(
         f"whole job on Ray (read -> decode actors -> scorer actor -> commit): {job['rows_per_s']:8.1f} images/s "
         f"over {job['scoring_s']:.1f} s = {job['rows_per_s'] / slower:.2f} x the slower of decode/forward"
