@@ -34,13 +34,15 @@ from transformers import PretrainedConfig
 from transformers.utils import logging as hf_logging
 
 from pipeline import models, scorers
-from pipeline.corpus import IMAGE_LONG_SIDE, build_sample_corpus, load_photo, pan_zoom_frames, write_video
-from pipeline.job import SHAPE_WINDOW, JobConfig, init_ray, logical_cpus, order_by_shape, run
-from pipeline.media import MediaOptions, load_media
-from pipeline.models.tiny import FAMILIES, make_tiny_model
-from pipeline.scorer import Scorer
+from pipeline.corpora.shards import write_manifest
+from pipeline.infra.media import MediaOptions, load_media
+from pipeline.samples.corpus import IMAGE_LONG_SIDE, build_sample_corpus, load_photo, pan_zoom_frames, write_video
+from pipeline.samples.tiny_models import FAMILIES, make_tiny_model
 from pipeline.scorers import ScorerArgs
-from pipeline.shards import write_manifest
+from pipeline.scorers.lmm_model import Scorer
+from pipeline.scoring.job import JobConfig, run
+from pipeline.scoring.plan import init_ray
+from pipeline.scoring.stages import SHAPE_WINDOW, logical_cpus, order_by_shape
 
 # ------------------------------------------------------------------------------------------------------------
 # Model sizes
@@ -222,7 +224,8 @@ def shipped_bytes(scorer: Scorer, prepared: list[dict]) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Padding: batches in manifest order against batches out of shape-sorted windows (pipeline.job.order_by_shape)
+# Padding: batches in manifest order against batches out of shape-sorted windows
+# (pipeline.scoring.stages.order_by_shape)
 
 
 def padding_corpus(root: Path, seed: int = 0) -> list[dict]:
@@ -307,9 +310,9 @@ def report_padding(scorer: Scorer, work: Path, batch_size: int) -> None:
 STAGE_STARTUP = """
 import pickle, resource, sys
 import ray.data
-from pipeline import job
+from pipeline.scoring import stages
 kind, options = pickle.loads(bytes.fromhex(sys.argv[2]))
-job.PrepareStage(kind, options) if sys.argv[1] == "prepare" else job.ScoreStage(kind)
+stages.PrepareStage(kind, options) if sys.argv[1] == "prepare" else stages.ScoreStage(kind)
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(usage.ru_utime + usage.ru_stime)
 """

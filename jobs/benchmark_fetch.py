@@ -5,7 +5,8 @@ decoding (decode-only images/s on 12-megapixel JPEGs, with and without the draft
     python jobs/benchmark_fetch.py --part fetch --items 96 --faults 0 0.1 0.25
     python jobs/benchmark_fetch.py --part fetch --code /work/main   # the same measurement on another checkout
 
-fetch: a moto S3 server on loopback holds a manifest and its images; a fault proxy (pipeline.faults) in front of it
+fetch: a moto S3 server on loopback holds a manifest and its images; a fault proxy (pipeline.samples.faults) in front
+of it
 delays each request (--delay-ms, a store's first-byte latency) and answers 503 SlowDown with the given probability.
 The real scoring job (`jobs/score_dataset.py`, a subprocess of --code's checkout, its own local Ray) reads the
 manifest and the media through the proxy; by default `--scorer psnr`, which isolates I/O and decode (each row reads
@@ -36,8 +37,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.faults import FaultProxy  # noqa: E402
-from pipeline.media import MediaOptions, load_media  # noqa: E402
+from pipeline.infra.media import MediaOptions, load_media  # noqa: E402
+from pipeline.samples.faults import FaultProxy  # noqa: E402
 
 
 def photographs() -> list[np.ndarray]:

@@ -2,7 +2,8 @@
 
     python jobs/benchmark_fr_training.py   # about 9 minutes on 2 busy CPU cores, 7 of them the retraining run
 
-Builds the synthetic MOS set of pipeline.synthetic as full-reference pairs (each item beside its pristine photograph
+Builds the synthetic MOS set of pipeline.samples.synthetic as full-reference pairs (each item beside its pristine
+photograph
 at the same size and crop; whole photographs held out for the eval split), writes it as a labels/v2 shard, and runs
 the real retraining job (Ray Train, 2 CPU workers, DDP over gloo) on a from-scratch tiny VTAMIQ (no pretrained
 weights exist here). It prints the trained version's held-out SRCC and PLCC beside PSNR's and SSIM's on the same
@@ -24,11 +25,11 @@ import numpy as np
 import torch
 from transformers import ViTConfig
 
-from pipeline.evaluation import correlations, predict
 from pipeline.models.vtamiq import VTAMIQ, VTAMIQConfig
-from pipeline.retrain import RetrainConfig, retrain
-from pipeline.synthetic import TRAIN_PHOTOS, build_learning_set, write_label_shard
-from pipeline.training import Recipe, Scaling
+from pipeline.samples.synthetic import TRAIN_PHOTOS, build_learning_set, write_label_shard
+from pipeline.training.evaluation import correlations, predict
+from pipeline.training.lmm import Recipe, Scaling
+from pipeline.training.retrain import RetrainConfig, retrain
 
 CROP = 64  # held-out pairs are 64 px crops; training draws random 64 px crops of larger pairs
 # Bigger than build_tiny's (hidden 32, 32 patches) to learn from: small enough for CPU, 64 patches of a 64 px crop.

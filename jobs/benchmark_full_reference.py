@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 
 from pipeline import scorers
-from pipeline.corpus import PAIR_LONG_SIDE, build_pair_corpus
-from pipeline.job import JobConfig, init_ray, run
-from pipeline.media import MediaOptions
+from pipeline.corpora.shards import write_manifest
+from pipeline.infra.media import MediaOptions
 from pipeline.models.vtamiq import build_tiny
+from pipeline.samples.corpus import PAIR_LONG_SIDE, build_pair_corpus
 from pipeline.scorers import ScorerArgs
-from pipeline.shards import write_manifest
+from pipeline.scoring.job import JobConfig, run
+from pipeline.scoring.plan import init_ray
 
 
 def prepare_rate(kind, rows: list[dict], repeats: int) -> float:

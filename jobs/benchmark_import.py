@@ -1,4 +1,4 @@
-"""Benchmark the safe `.bin` -> safetensors conversion (pipeline.checkpoint.convert_folder).
+"""Benchmark the safe `.bin` -> safetensors conversion (pipeline.registry.checkpoint.convert_folder).
 
     python jobs/benchmark_import.py --megabytes 400 --repeats 3
 
@@ -26,7 +26,7 @@ import torch
 CONVERT = """
 import re, sys, time
 from pathlib import Path
-from pipeline.checkpoint import convert_folder
+from pipeline.registry.checkpoint import convert_folder
 def hwm():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 base = hwm()

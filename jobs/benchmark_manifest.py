@@ -4,7 +4,8 @@
     python jobs/benchmark_manifest.py --score-shards 200
 
 Validation: a synthetic manifest of N rows (100,000 a shard, ids and URIs like a web corpus) on local disk, checked
-by `pipeline.validation` on a fresh local Ray of C CPUs, in a fresh driver process per run: wall time, rows/s, and the
+by `pipeline.scoring.validation` on a fresh local Ray of C CPUs, in a fresh driver process per run: wall time, rows/s,
+and the
 driver's peak RSS (VmHWM; Ray's workers are other processes), with the growth between sizes. Scoring: a manifest of
 that many shards of small images, scored with a tiny LLaVA: the most shards the driver held partly gathered at once,
 and its peak RSS. Manifests are kept in --workdir between runs.
@@ -27,8 +28,8 @@ ROWS_PER_SHARD = 100_000
 VALIDATE = """
 import json, re, sys, time
 import ray
-from pipeline.shards import list_shards
-from pipeline.validation import validate_manifest_shards
+from pipeline.corpora.shards import list_shards
+from pipeline.scoring.validation import validate_manifest_shards
 def hwm():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 ray.init(num_cpus=int(sys.argv[2]), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
@@ -42,7 +43,7 @@ print(json.dumps({"seconds": seconds, "rows": sum(s.num_rows for s in shards), "
 SCORE = """
 import json, re, sys
 import ray
-from pipeline.job import JobConfig, run
+from pipeline.scoring.job import JobConfig, run
 def hwm():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
@@ -102,9 +103,9 @@ def bench_validation(workdir: Path, sizes: list[int], cpus: list[int]) -> None:
 
 
 def bench_scoring(workdir: Path, shards: int) -> None:
-    from pipeline.corpus import build_sample_corpus
-    from pipeline.models.tiny import make_tiny_model
-    from pipeline.shards import write_manifest
+    from pipeline.corpora.shards import write_manifest
+    from pipeline.samples.corpus import build_sample_corpus
+    from pipeline.samples.tiny_models import make_tiny_model
 
     model = workdir / "tiny-llava"
     if not (model / "config.json").exists():

@@ -2,7 +2,8 @@
 
     python jobs/benchmark_training.py [--adapters]   # about 8 minutes on 2 CPU cores (+7 with --adapters)
 
-Builds the synthetic MOS set of pipeline.synthetic (scikit-image photographs at graded distortion levels, the MOS known
+Builds the synthetic MOS set of pipeline.samples.synthetic (scikit-image photographs at graded distortion levels, the
+MOS known
 from the level; whole photographs held out for the eval split), writes it as a label shard, and runs the real
 retraining job (Ray Train, 2 CPU workers, DDP over gloo) on a from-scratch tiny LLaVA. It prints SRCC/PLCC before and
 after training, on training items and on the held-out photographs, and checks:
@@ -26,11 +27,11 @@ import tempfile
 import time
 
 from pipeline import registry
-from pipeline.corpus import DISTORTIONS
-from pipeline.models.tiny import make_tiny_model
-from pipeline.retrain import RetrainConfig, retrain
-from pipeline.synthetic import TRAIN_PHOTOS, build_learning_set, write_label_shard
-from pipeline.training import Recipe, Scaling
+from pipeline.samples.corpus import DISTORTIONS
+from pipeline.samples.synthetic import TRAIN_PHOTOS, build_learning_set, write_label_shard
+from pipeline.samples.tiny_models import make_tiny_model
+from pipeline.training.lmm import Recipe, Scaling
+from pipeline.training.retrain import RetrainConfig, retrain
 
 # The tiny model: default sizes but 4 px patches (8 x 8 = 64 image tokens at 32 px), so that a patch is small
 # enough to see a distortion's texture rather than only the content's colour.

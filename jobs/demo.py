@@ -25,14 +25,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.console import console, session
-from pipeline.corpus import build_pair_corpus, build_sample_corpus
-from pipeline.evaluation import correlations
-from pipeline.job import JobConfig, run
-from pipeline.models.tiny import make_tiny_model
-from pipeline.report import demo_tail
-from pipeline.retrain import demo_retrain
-from pipeline.shards import write_manifest
+from pipeline.corpora.shards import write_manifest
+from pipeline.curation.report import demo_tail
+from pipeline.infra.console import console, session
+from pipeline.samples.corpus import build_pair_corpus, build_sample_corpus
+from pipeline.samples.tiny_models import make_tiny_model
+from pipeline.scoring.job import JobConfig, run
+from pipeline.training.evaluation import correlations
+from pipeline.training.retrain import demo_retrain
 
 BANNER = "=" * 100
 say = console.say  # print() would go to the log file: the demo runs quiet, like the jobs

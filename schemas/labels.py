@@ -26,7 +26,7 @@ from schemas.core import SchemaError, check_columns, check_ids, check_reserved
 from schemas.manifest import MEDIA_TYPES
 from schemas.scores import output_columns
 
-LABEL_TASKS = ("quality", "aesthetics")  # the tasks the scorer has prompts for (pipeline.scorer.TASKS)
+LABEL_TASKS = ("quality", "aesthetics")  # the tasks the scorer has prompts for (pipeline.qalign.recipes.TASKS)
 LABEL_SPLITS = ("train", "eval")
 
 LABELS_V1 = pa.schema(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.levels import DEFAULT_LEVELS, Levels
+from pipeline.qalign.levels import DEFAULT_LEVELS, Levels
 from schemas.core import SchemaError, check_columns, check_unique_ids
 
 SCORES_VERSION = "scores/v1"

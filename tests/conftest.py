@@ -29,7 +29,7 @@ os.environ["QCURATE_CACHE"] = str(_CACHES / "qcurate")
 os.environ["RAY_AUTH_MODE"] = "disabled"
 from transformers.utils import logging as hf_logging  # noqa: E402  (after HF_HOME is set)
 
-from pipeline.models.tiny import make_tiny_model  # noqa: E402
+from pipeline.samples.tiny_models import make_tiny_model  # noqa: E402
 
 hf_logging.disable_progress_bar()
 RAY = str(Path(sys.executable).with_name("ray"))

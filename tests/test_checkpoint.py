@@ -21,13 +21,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from skimage import data
 
-from pipeline import checkpoint, registry, store
-from pipeline.checkpoint import CheckpointError, UnsafeCheckpointError
-from pipeline.corpus import build_sample_corpus
-from pipeline.media import Media
-from pipeline.models.tiny_hub import REMOTE_CODE_FILES, REMOTE_CODE_MARKER, make_owl2_hub_checkpoint
-from pipeline.scorer import Preprocessor, Scorer
-from pipeline.shards import write_manifest
+from pipeline import registry
+from pipeline.corpora.shards import write_manifest
+from pipeline.infra import store
+from pipeline.infra.media import Media
+from pipeline.registry import checkpoint
+from pipeline.registry.checkpoint import CheckpointError, UnsafeCheckpointError
+from pipeline.samples.corpus import build_sample_corpus
+from pipeline.samples.tiny_hub import REMOTE_CODE_FILES, REMOTE_CODE_MARKER, make_owl2_hub_checkpoint
+from pipeline.scorers.lmm_model import Preprocessor, Scorer
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "q-future/one-align"
@@ -270,7 +272,7 @@ def test_conversion_happens_once_per_node(published, tmp_path):
     source = tmp_path / "ck"
     shutil.copytree(published["hub"], source)
     env = {**os.environ, "QCURATE_CACHE": str(tmp_path / "cache")}
-    code = "import sys; from pipeline.checkpoint import local_folder; print(local_folder(sys.argv[1]))"
+    code = "import sys; from pipeline.registry.checkpoint import local_folder; print(local_folder(sys.argv[1]))"
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, str(source)],

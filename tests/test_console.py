@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import COMMANDS, parser_for, qcurate
-from pipeline.console import skipped_summary
-from pipeline.corpus import build_sample_corpus
-from pipeline.progress import ScoringProgress
-from pipeline.retrain import decision, evaluation_table
-from pipeline.shards import write_manifest
-from pipeline.synthetic import build_learning_set, write_label_shard
-from pipeline.training import epoch_line
+from pipeline.corpora.shards import write_manifest
+from pipeline.infra.console import skipped_summary
+from pipeline.samples.corpus import build_sample_corpus
+from pipeline.samples.synthetic import build_learning_set, write_label_shard
+from pipeline.scoring.progress import ScoringProgress
+from pipeline.training.lmm import epoch_line
+from pipeline.training.retrain import decision, evaluation_table
 
 REPO = Path(__file__).resolve().parents[1]
 # Lines only Ray, Ray Data, Ray Train or transformers print: none may reach the default output.

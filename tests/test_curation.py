@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import store
-from pipeline.corpus import build_sample_corpus
-from pipeline.curation import FilterConfig, FilterError, run_filter
-from pipeline.job import JobConfig, run
+from pipeline.curation.filter import FilterConfig, FilterError, run_filter
+from pipeline.infra import store
+from pipeline.samples.corpus import build_sample_corpus
+from pipeline.scoring.job import JobConfig, run
 from schemas import SchemaError
 
 REPO = Path(__file__).resolve().parents[1]

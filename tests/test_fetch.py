@@ -1,4 +1,5 @@
-"""Reading media from S3 through a fault proxy (pipeline.faults): requests per item, reads that overlap, transient
+"""Reading media from S3 through a fault proxy (pipeline.samples.faults): requests per item, reads that overlap,
+transient
 faults that cost no row, limits that still hold.
 
 The proxy sits between s3fs and the session's moto server; every test points AWS_ENDPOINT_URL at it (and clears
@@ -16,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.faults import FaultProxy
-from pipeline.job import PrepareStage
-from pipeline.media import SNIFF_ABOVE_BYTES, MediaOptions, load_media
+from pipeline.infra.media import SNIFF_ABOVE_BYTES, MediaOptions, load_media
+from pipeline.samples.faults import FaultProxy
 from pipeline.scorers import Prepared
+from pipeline.scoring.stages import PrepareStage
 from tests.test_media import load_measured
 
 MiB = 1024**2
@@ -149,7 +150,7 @@ def test_a_full_reference_row_fetches_its_reference_ahead_with_its_item(tmp_path
     threads with the items, not one at a time in the thread that decodes."""
     import threading
 
-    from pipeline import media
+    from pipeline.infra import media
     from pipeline.scorers.full_reference import ClassicalMetric
 
     n = 6
@@ -210,7 +211,7 @@ def test_fault_proxy_answers_slow_down_and_counts_by_method(proxied):
 def test_prefetch_keeps_a_bounded_window_and_each_row_its_own_outcome(tmp_path, monkeypatch):
     import threading
 
-    from pipeline import media
+    from pipeline.infra import media
 
     uris = []
     for i in range(12):

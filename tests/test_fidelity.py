@@ -1,4 +1,5 @@
-"""Tests of pipeline.fidelity: PSNR / SSIM / MS-SSIM on real photographs and against published reference values."""
+"""Tests of pipeline.scorers.classical: PSNR / SSIM / MS-SSIM on real photographs and against published reference
+values."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage import data
 
-from pipeline import fidelity
-from pipeline.fidelity import MAX_PSNR, luminance, ms_ssim, psnr, ssim
+from pipeline.scorers import classical
+from pipeline.scorers.classical import MAX_PSNR, luminance, ms_ssim, psnr, ssim
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +147,8 @@ def test_ms_ssim_and_ssim_reproduce_published_matlab_values(pair):
 
 
 def test_ms_ssim_weights_and_minimum_are_the_papers():
-    assert fidelity.MS_SSIM_WEIGHTS == (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-    assert fidelity.MS_SSIM_MIN_SIZE == 176
+    assert classical.MS_SSIM_WEIGHTS == (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+    assert classical.MS_SSIM_MIN_SIZE == 176
 
 
 # tensorflow/core/lib/ssim/testdata/checkerboard{1,2,3}.png (Apache-2.0, TensorFlow Authors), base64 of the

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import fidelity
-from pipeline.corpus import build_pair_corpus, build_sample_corpus
-from pipeline.curation import FilterConfig, FilterError, run_filter
-from pipeline.job import JobConfig, JobError, run
+from pipeline.corpora.shards import write_manifest
+from pipeline.curation.filter import FilterConfig, FilterError, run_filter
+from pipeline.curation.report import write_report
 from pipeline.models.vtamiq import VTAMIQ, build_tiny, collate, prepare_pair
-from pipeline.report import write_report
-from pipeline.shards import write_manifest
+from pipeline.samples.corpus import build_pair_corpus, build_sample_corpus
+from pipeline.scorers import classical
+from pipeline.scoring.job import JobConfig, JobError, run
 from schemas import SchemaError, ScoreColumns, validate_scores
 
 
@@ -80,11 +80,11 @@ def test_classical_metrics_score_pairs_and_name_what_cannot_be_compared(ray_clus
     assert "reference_size_mismatch" in psnr["ref-other-size"]["error"] and "160x" in psnr["ref-other-size"]["error"]
 
     for row in [r for r in pairs["rows"] if r["id"] in psnr and not psnr[r["id"]]["error"] and r["id"] != "small"]:
-        ref, item = (fidelity.luminance(np.asarray(Image.open(row[k]).convert("RGB"))) for k in ("ref_uri", "uri"))
+        ref, item = (classical.luminance(np.asarray(Image.open(row[k]).convert("RGB"))) for k in ("ref_uri", "uri"))
         out = psnr[row["id"]]
-        assert out["fr_score"] == out["psnr"] == pytest.approx(fidelity.psnr(ref, item), abs=1e-9)
-        assert ssim[row["id"]]["fr_score"] == pytest.approx(fidelity.ssim(ref, item), abs=1e-9)
-        assert ms[row["id"]]["fr_score"] == pytest.approx(fidelity.ms_ssim(ref, item), abs=1e-9)
+        assert out["fr_score"] == out["psnr"] == pytest.approx(classical.psnr(ref, item), abs=1e-9)
+        assert ssim[row["id"]]["fr_score"] == pytest.approx(classical.ssim(ref, item), abs=1e-9)
+        assert ms[row["id"]]["fr_score"] == pytest.approx(classical.ms_ssim(ref, item), abs=1e-9)
         assert out["ssim"] == pytest.approx(ssim[row["id"]]["fr_score"], abs=1e-12)
         assert out["model"] == "psnr" and out["model_revision"].startswith("fidelity/v1")
     copy = psnr["astronaut-copy"]
@@ -165,7 +165,8 @@ def test_the_callers_of_the_seam_name_no_kind_of_scorer():
     """The job, the filter, the report and the evaluation use only the protocol: adding a third kind of scorer is
     one new file in pipeline/scorers (and its name in KINDS)."""
     root = Path(__file__).parent.parent / "pipeline"
-    for name in ("job.py", "curation.py", "report.py", "evaluation.py"):
+    callers = ["scoring/" + f.name for f in (root / "scoring").glob("*.py")]
+    for name in [*callers, "curation/filter.py", "curation/report.py", "training/evaluation.py"]:
         code = (root / name).read_text()
         for kind in ("ms-ssim", "ms_ssim", "vtamiq", "VTAMIQ", "LevelScorer", "ClassicalMetric", "Preprocessor"):
             assert not re.search(rf'["\']{kind}["\']|\b{kind}\b\(|import {kind}', code), (name, kind)

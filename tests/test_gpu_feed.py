@@ -14,10 +14,10 @@ import torch
 from skimage import data
 
 from pipeline import models
-from pipeline.job import order_by_shape
-from pipeline.media import Media
+from pipeline.infra.media import Media
 from pipeline.models.owl2 import preprocess_frames
-from pipeline.scorer import Preprocessor, Scorer
+from pipeline.scorers.lmm_model import Preprocessor, Scorer
+from pipeline.scoring.stages import order_by_shape
 
 FAMILIES = ["llava", "idefics3", "owl2", "qwen3_5", "qwen3_vl", "qwen2_5_vl", "llava_onevision", "instructblip"]
 

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import store
-from pipeline.corpus import build_sample_corpus
-from pipeline.job import JobConfig, JobError, run
-from pipeline.shards import write_manifest
+from pipeline.corpora.shards import write_manifest
+from pipeline.infra import store
+from pipeline.samples.corpus import build_sample_corpus
+from pipeline.scoring.job import JobConfig, JobError, run
 from schemas import SchemaError, validate_scores
 
 REPO = Path(__file__).resolve().parents[1]

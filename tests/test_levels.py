@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.levels import DEFAULT_LEVELS, Levels
+from pipeline.qalign.levels import DEFAULT_LEVELS, Levels
 
 
 def test_eq1_equal_width_intervals_on_1_to_5():

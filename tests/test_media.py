@@ -1,4 +1,5 @@
-"""pipeline.media and pipeline.corpus on real data: scikit-image photos, H.264 mp4s written by PyAV, decord.
+"""pipeline.infra.media and pipeline.samples.corpus on real data: scikit-image photos, H.264 mp4s written by PyAV,
+decord.
 
 S3 tests run against moto's S3 server on loopback, reached through s3fs exactly as a real bucket would be.
 """
@@ -23,8 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from pipeline import media, store
-from pipeline.corpus import (
+from pipeline.infra import media, store
+from pipeline.infra.media import ERROR_KINDS, MediaError, MediaOptions, load_media, read_bytes, sample_frame_indices
+from pipeline.samples.corpus import (
     ZOO_SIZE,
     build_sample_corpus,
     distort,
@@ -33,7 +35,6 @@ from pipeline.corpus import (
     write_video,
     zoo_photo,
 )
-from pipeline.media import ERROR_KINDS, MediaError, MediaOptions, load_media, read_bytes, sample_frame_indices
 
 W, H = ZOO_SIZE
 
@@ -545,7 +546,7 @@ def peak_memory_of(fn) -> tuple[Exception | None, int]:
 
 PEAK_SCRIPT = """
 import json, sys, tracemalloc
-from pipeline.media import MediaError, MediaOptions, load_media
+from pipeline.infra.media import MediaError, MediaOptions, load_media
 from tests.test_media import peak_memory_of
 options = MediaOptions(**json.loads(sys.argv[3]))
 raised, peak = peak_memory_of(lambda: load_media(sys.argv[1], sys.argv[2], options))
@@ -761,7 +762,7 @@ def test_lmm_preparer_drafts_within_the_bound(tiny_models, photos_12mp, family):
 
     kind = create("lmm", ScorerArgs(model=tiny_models[family], model_path=tiny_models[family]))
     drafted, full = kind.preparer(MediaOptions()), kind.preparer(MediaOptions(draft=False))
-    from pipeline.scorer import Preprocessor
+    from pipeline.scorers.lmm_model import Preprocessor
 
     image_processor = Preprocessor(tiny_models[family]).processor.image_processor
     for path in photos_12mp:

@@ -10,10 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline import recipes
-from pipeline.media import Media, MediaOptions, sample_frame_indices
+from pipeline.infra.media import Media, MediaOptions, sample_frame_indices
 from pipeline.models.owl2 import IMAGE_TOKEN_INDEX
-from pipeline.scorer import Preprocessor
+from pipeline.qalign import recipes
+from pipeline.scorers.lmm_model import Preprocessor
 
 GRAY = np.full((32, 32, 3), 128, np.uint8)  # 32x32 px: 4x4 patches of 8 px, merged 2x2 -> 4 Qwen image tokens
 LEVELS = ["excellent", "good", "fair", "poor", "bad"]

@@ -9,10 +9,11 @@ import os
 import pyarrow as pa
 import pytest
 
-from pipeline import registry, store
-from pipeline.retrain import RetrainConfig, plan_run
-from pipeline.synthetic import write_label_shard
-from pipeline.training import Recipe
+from pipeline import registry
+from pipeline.infra import store
+from pipeline.samples.synthetic import write_label_shard
+from pipeline.training.lmm import Recipe
+from pipeline.training.retrain import RetrainConfig, plan_run
 
 LABEL = {
     "media_type": "image",
@@ -191,7 +192,7 @@ def test_label_shards_with_an_item_in_both_splits_are_refused(tmp_path):
 
 
 def test_label_shards_sharing_an_id_or_missing_are_refused(tmp_path):
-    from pipeline.retrain import read_label_shards
+    from pipeline.training.retrain import read_label_shards
     from schemas import SchemaError
 
     labels = str(tmp_path / "labels")

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 from test_curation import read_dir, scored_sample  # the same scored sample, built once per session
 
-from pipeline.media import load_media
-from pipeline.report import DROPPED_COLOUR, KEPT_COLOUR, THUMB_MEDIA, THUMB_PX, demo_tail, write_report
+from pipeline.curation.report import DROPPED_COLOUR, KEPT_COLOUR, THUMB_MEDIA, THUMB_PX, demo_tail, write_report
+from pipeline.infra.media import load_media
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,13 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.corpus import build_sample_corpus
-from pipeline.job import READ_CPUS, JobConfig, JobError, logical_cpus, run
-from pipeline.shards import write_manifest
-from pipeline.synthetic import write_label_shard
-from pipeline.training import Scaling
-from pipeline.validation import IdBucket, _confirm_duplicates, id_hashes, validate_manifest_shards
-from pipeline.watchdog import StallError
+from pipeline.corpora.shards import write_manifest
+from pipeline.infra.watchdog import StallError
+from pipeline.samples.corpus import build_sample_corpus
+from pipeline.samples.synthetic import write_label_shard
+from pipeline.scoring.job import JobConfig, JobError, run
+from pipeline.scoring.stages import READ_CPUS, logical_cpus
+from pipeline.scoring.validation import IdBucket, _confirm_duplicates, id_hashes, validate_manifest_shards
+from pipeline.training.lmm import Scaling
 from schemas import SchemaError
 
 REPO = Path(__file__).resolve().parents[1]

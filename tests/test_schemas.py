@@ -4,9 +4,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import store
-from pipeline.levels import DEFAULT_LEVELS, Levels
-from pipeline.shards import read_valid_shard
+from pipeline.corpora.shards import read_valid_shard
+from pipeline.infra import store
+from pipeline.qalign.levels import DEFAULT_LEVELS, Levels
 from schemas import (
     MAX_ID_BYTES,
     SchemaError,

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 from skimage import data
 
-from pipeline.levels import Levels
-from pipeline.media import Media, load_media
-from pipeline.scorer import Preprocessor, Scorer, level_token_ids, prompt_for
+from pipeline.infra.media import Media, load_media
+from pipeline.qalign.levels import Levels
+from pipeline.scorers.lmm_model import Preprocessor, Scorer, level_token_ids, prompt_for
 
 # Qwen3.5 / Qwen3-VL / Qwen2.5-VL: variable image-token counts per image size (padding, image_grid_thw, mRoPE);
 # LLaVA-OneVision: a variable number of tiles per image (anyres)
@@ -127,7 +127,7 @@ def test_custom_levels_read_their_own_rows(tiny_models):
 def test_loading_is_deterministic_per_seed(tmp_path):
     from safetensors.torch import load_file
 
-    from pipeline.models.tiny import make_tiny_model
+    from pipeline.samples.tiny_models import make_tiny_model
 
     a = load_file(make_tiny_model("llava", tmp_path / "a", seed=3) / "model.safetensors")
     b = load_file(make_tiny_model("llava", tmp_path / "b", seed=3) / "model.safetensors")

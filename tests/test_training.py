@@ -20,21 +20,23 @@ import pytest
 import torch
 from skimage import data
 
-from pipeline import methods, models, recipes, registry, store
-from pipeline.corpus import load_photo, pan_zoom_frames, write_video
-from pipeline.evaluation import correlations, predict, rate
-from pipeline.job import JobConfig
-from pipeline.job import run as run_scoring
-from pipeline.media import Media, load_media
+from pipeline import methods, models, registry
+from pipeline.corpora.shards import write_manifest
+from pipeline.infra import store
+from pipeline.infra.media import Media, load_media
 from pipeline.methods.llama_adapter import LlamaAdapter, decoder_attentions
 from pipeline.methods.visual_prompt import VisualPrompt, image_geometry
-from pipeline.models.tiny import make_tiny_model
-from pipeline.retrain import Plan, decide, read_label_shards
-from pipeline.scorer import Scorer, prompt_for
-from pipeline.shards import write_manifest
-from pipeline.syllabus import Syllabus, answer_sentence, level_target, questions
-from pipeline.synthetic import build_learning_set, write_label_shard
-from pipeline.training import ExampleBuilder, QAlignObjective, Recipe, collate_examples, setup_method
+from pipeline.qalign import recipes
+from pipeline.qalign.syllabus import Syllabus, answer_sentence, level_target, questions
+from pipeline.samples.corpus import load_photo, pan_zoom_frames, write_video
+from pipeline.samples.synthetic import build_learning_set, write_label_shard
+from pipeline.samples.tiny_models import make_tiny_model
+from pipeline.scorers.lmm_model import Scorer, prompt_for
+from pipeline.scoring.job import JobConfig
+from pipeline.scoring.job import run as run_scoring
+from pipeline.training.evaluation import correlations, predict, rate
+from pipeline.training.lmm import ExampleBuilder, QAlignObjective, Recipe, collate_examples, setup_method
+from pipeline.training.retrain import Plan, decide, read_label_shards
 from schemas import LABELS_V1, SchemaError, validate_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -896,8 +898,8 @@ def test_retrain_trains_the_new_families_and_the_version_keeps_its_recipe(
 ):
     """The retraining job (Ray Train, 2 workers) on a tiny Qwen3.5 (full and LoRA) and a tiny InstructBLIP: a version
     results, taught with the base's prompt recipe, and it is scored with that recipe (qcurate.json in the version)."""
-    from pipeline.retrain import RetrainConfig, retrain
-    from pipeline.training import Scaling
+    from pipeline.training.lmm import Scaling
+    from pipeline.training.retrain import RetrainConfig, retrain
 
     images = [r for r in label_media if r["media_type"] == "image"]  # InstructBLIP scores no videos
     write_label_shard(images, str(tmp_path / "labels" / "batch-0001" / "part-00000.parquet"))

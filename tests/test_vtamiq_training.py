@@ -18,14 +18,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipeline import cli, registry, store
-from pipeline.evaluation import predict
+from pipeline import cli, registry
+from pipeline.infra import store
 from pipeline.models.vtamiq import VTAMIQ, build_tiny, collate, is_vtamiq_folder, vtamiq_loss
-from pipeline.retrain import LMM, RetrainConfig, plan_run, retrain, trainer_for
-from pipeline.retrain import VTAMIQ as VTAMIQ_TRAINER
-from pipeline.synthetic import build_learning_set, write_label_shard
-from pipeline.training import Recipe, Scaling
-from pipeline.vtamiq_training import PairSource, epoch_order, example
+from pipeline.samples.synthetic import build_learning_set, write_label_shard
+from pipeline.training.evaluation import predict
+from pipeline.training.lmm import Recipe, Scaling
+from pipeline.training.retrain import LMM, RetrainConfig, plan_run, retrain, trainer_for
+from pipeline.training.retrain import VTAMIQ as VTAMIQ_TRAINER
+from pipeline.training.vtamiq import PairSource, epoch_order, example
 from schemas import LABELS_V2, SchemaError, mos_from_dmos, validate_labels
 
 ROOT = Path(__file__).resolve().parents[1]

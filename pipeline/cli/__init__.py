@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.console import session
+from pipeline.infra.console import session
 
 # name -> (module, one line for `qcurate -h`). Modules are imported only when their command runs: some import
 # torch and transformers, which `qcurate -h` has no need to wait for.

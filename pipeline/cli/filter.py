@@ -19,7 +19,7 @@ Exit status: 0 done, 1 failed (bad expression, missing scores, bad input), 2 bad
 import argparse
 
 from pipeline.cli import Command
-from pipeline.curation import FilterConfig, FilterError, run_filter
+from pipeline.curation.filter import FilterConfig, FilterError, run_filter
 from schemas import SchemaError
 
 

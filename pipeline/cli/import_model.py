@@ -15,9 +15,9 @@ Exit status: 0 imported, 1 failed (with a message), 2 bad arguments.
 import argparse
 
 from pipeline import registry
-from pipeline.checkpoint import CheckpointError
 from pipeline.cli import Command
-from pipeline.console import console
+from pipeline.infra.console import console
+from pipeline.registry.checkpoint import CheckpointError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

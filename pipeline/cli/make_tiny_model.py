@@ -10,9 +10,9 @@ Random weights: its scores mean nothing. Tests and the demo use these.
 import argparse
 
 from pipeline.cli import Command
-from pipeline.console import console
-from pipeline.models.tiny import FAMILIES, make_tiny_model
-from pipeline.models.tiny_hub import make_owl2_hub_checkpoint
+from pipeline.infra.console import console
+from pipeline.samples.tiny_hub import make_owl2_hub_checkpoint
+from pipeline.samples.tiny_models import FAMILIES, make_tiny_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

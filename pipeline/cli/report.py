@@ -14,9 +14,9 @@ Exit status: 0 done, 1 failed (no committed scores, unreadable input), 2 bad arg
 import argparse
 
 from pipeline.cli import Command
-from pipeline.console import console
-from pipeline.curation import FilterError
-from pipeline.report import write_report
+from pipeline.curation.filter import FilterError
+from pipeline.curation.report import write_report
+from pipeline.infra.console import console
 from schemas import SchemaError
 
 

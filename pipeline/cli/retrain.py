@@ -17,7 +17,7 @@ goes to a log file (copied to <registry>/<name>/_logs/) unless --verbose.
 
 With RAY_ADDRESS set (as `ray job submit` does) it joins that cluster; without, it starts a local Ray.
 A VTAMIQ model folder (pipeline.models.vtamiq) as --base-model is trained as a full-reference scorer on labels with
-ref_uri (labels/v2): the whole model, with VTAMIQ's loss and AdamW (pipeline.vtamiq_training); --crop, --hflip and
+ref_uri (labels/v2): the whole model, with VTAMIQ's loss and AdamW (pipeline.training.vtamiq); --crop, --hflip and
 --views augment the pairs, and the LMM-only options (--method other than full, --soft-labels) are refused.
 
 Exit status: 0 done (promoted, not promoted, or nothing new), 1 failed, 2 bad arguments.
@@ -29,9 +29,9 @@ from dataclasses import fields
 
 from pipeline import methods
 from pipeline.cli import Command
-from pipeline.retrain import RetrainConfig, retrain, trainer_for
-from pipeline.training import Recipe, Scaling
-from pipeline.watchdog import DEFAULT_STALL_S, StallError
+from pipeline.infra.watchdog import DEFAULT_STALL_S, StallError
+from pipeline.training.lmm import Recipe, Scaling
+from pipeline.training.retrain import RetrainConfig, retrain, trainer_for
 from schemas import SchemaError
 
 

@@ -18,10 +18,10 @@ Exit status: 0 done, 1 failed (bad manifest, error rate over the limit, refused 
 import argparse
 
 from pipeline.cli import Command
-from pipeline.job import JobConfig, JobError, run
-from pipeline.recipes import RECIPES
+from pipeline.infra.watchdog import DEFAULT_STALL_S, StallError
+from pipeline.qalign.recipes import RECIPES
 from pipeline.scorers import KINDS
-from pipeline.watchdog import DEFAULT_STALL_S, StallError
+from pipeline.scoring.job import JobConfig, JobError, run
 from schemas import SchemaError
 
 

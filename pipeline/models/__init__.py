@@ -21,13 +21,8 @@ from types import ModuleType
 
 import numpy as np
 import torch
-from transformers import PretrainedConfig
 
-
-def model_type(path: str, revision: str | None = None) -> str:
-    config, _ = PretrainedConfig.get_config_dict(path, revision=revision)
-    return config.get("model_type", "")
-
+from pipeline.qalign.recipes import model_type
 
 # model_type -> the module that holds its differences; every other model is a native transformers one (hf)
 FAMILY_MODULES = {

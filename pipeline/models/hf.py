@@ -22,7 +22,7 @@ from pipeline.models import (
     pixel_norm,
     saved_chat_template,
 )
-from pipeline.recipes import GENERIC, PromptRecipe
+from pipeline.qalign.recipes import GENERIC, PromptRecipe
 
 VIDEO_ONE_SLOT = False  # a video's frames go in as that many images
 # per-token outputs of one prompt (right-padded in a batch); InstructBLIP's Q-Former reads the prompt too

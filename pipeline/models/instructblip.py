@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from pipeline.models import hf
-from pipeline.recipes import GENERIC, PromptRecipe
+from pipeline.qalign.recipes import GENERIC, PromptRecipe
 
 
 def __getattr__(name: str):

@@ -21,7 +21,7 @@ from pipeline.models.owl2 import (
     preprocess_frames,
     tokenize_prompt,
 )
-from pipeline.recipes import Q_ALIGN, PromptRecipe
+from pipeline.qalign.recipes import Q_ALIGN, PromptRecipe
 
 VIDEO_ONE_SLOT = True  # a video's frames fill the one <|image|> slot in frame order
 

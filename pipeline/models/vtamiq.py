@@ -76,7 +76,7 @@ class VTAMIQConfig:
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     # The scale of the labels the regressor was trained on (training targets are the MOS mapped onto 0..1 from
-    # it; pipeline.vtamiq_training); the scorer maps outputs back onto it.
+    # it; pipeline.training.vtamiq); the scorer maps outputs back onto it.
     score_scale: tuple[float, float] = (0.0, 1.0)
 
     def vit_config(self) -> ViTConfig:

@@ -10,7 +10,8 @@ prepares one manifest row on a CPU worker, and scores a batch of prepared rows o
     columns = step([p.inputs for p in batch])      # {column: one value per row}
 
 A row's output columns are its `prepared.values` (known after preparation: frames, a metric computed on CPU), the
-device step's columns and the kind's constants. The job's stages (pipeline.job), the output schema, the filter, the
+device step's columns and the kind's constants. The job's stages (pipeline.scoring.job), the output schema, the
+filter, the
 report and the evaluation use only this protocol.
 
 Kinds: `lmm` (pipeline.scorers.lmm: an LMM reading level words), `psnr`, `ssim`, `ms-ssim` (classical metrics,
@@ -28,8 +29,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.levels import DEFAULT_LEVELS, Levels
-from pipeline.media import MediaOptions
+from pipeline.infra.media import MediaOptions
+from pipeline.qalign.levels import DEFAULT_LEVELS, Levels
 from schemas.scores import ScoreColumns
 
 
@@ -50,7 +51,7 @@ class ScorerArgs:
     revision: str | None = None  # the resolved revision
     task: str = "quality"
     levels: Levels = DEFAULT_LEVELS
-    recipe: str | None = None  # level scorers' prompt recipe (pipeline.recipes)
+    recipe: str | None = None  # level scorers' prompt recipe (pipeline.qalign.recipes)
 
 
 class Kind(Protocol):

@@ -1,5 +1,6 @@
 """Full-reference scorers: compare an item with its reference (`ref_uri`). Here the pair's loading, shared by every
-full-reference kind, and the classical metrics `psnr`, `ssim` and `ms-ssim`, computed on CPU (pipeline.fidelity).
+full-reference kind, and the classical metrics `psnr`, `ssim` and `ms-ssim`, computed on CPU
+(pipeline.scorers.classical).
 
 Every full-reference kind writes `fr_score` (its own score, higher is better) and, beside it, PSNR and SSIM on
 luminance, which cost little next to decoding and are what a curator compares any other score with.
@@ -19,10 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline import fidelity
-from pipeline.media import MediaError, MediaOptions, load_media
-from pipeline.scorers import Prepared, ScorerArgs
-from pipeline.syllabus import augment
+from pipeline.infra.media import MediaError, MediaOptions, load_media
+from pipeline.qalign.syllabus import augment
+from pipeline.scorers import Prepared, ScorerArgs, classical
 from schemas.scores import MAX_PSNR, ScoreColumns, fr_columns
 
 # What the classical metrics are, exactly: the `model_revision` of their rows (a change here is a new revision).
@@ -52,13 +52,13 @@ def load_pair(row: dict, options: MediaOptions, crop: int | None = None) -> tupl
 
 def pair_metrics(reference: np.ndarray, item: np.ndarray) -> dict[str, float]:
     """PSNR and SSIM of the item against its reference, on luminance."""
-    ref_y, item_y = fidelity.luminance(reference), fidelity.luminance(item)
-    return {"psnr": fidelity.psnr(ref_y, item_y), "ssim": fidelity.ssim(ref_y, item_y)}
+    ref_y, item_y = classical.luminance(reference), classical.luminance(item)
+    return {"psnr": classical.psnr(ref_y, item_y), "ssim": classical.ssim(ref_y, item_y)}
 
 
 def _ms_ssim(reference: np.ndarray, item: np.ndarray) -> float:
     try:
-        return fidelity.ms_ssim(fidelity.luminance(reference), fidelity.luminance(item))
+        return classical.ms_ssim(classical.luminance(reference), classical.luminance(item))
     except ValueError as e:  # below the five scales' minimum size
         raise MediaError("too_small", str(e)) from e
 

@@ -1,7 +1,8 @@
 """`lmm`: an LMM asked "the quality of the image is <level>", read back as level probabilities and a score.
 
-Preparation decodes the item and runs the model's own processor on it (pipeline.scorer.Preprocessor); the device
-step is one forward pass per batch, reading the level words' next-token logits only (pipeline.scorer.Scorer).
+Preparation decodes the item and runs the model's own processor on it (pipeline.scorers.lmm_model.Preprocessor); the
+device
+step is one forward pass per batch, reading the level words' next-token logits only (pipeline.scorers.lmm_model.Scorer).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import checkpoint, recipes, registry
-from pipeline.levels import DEFAULT_LEVELS, Levels
-from pipeline.media import MediaOptions, draft_side_for, load_media
+from pipeline import registry
+from pipeline.infra.media import MediaOptions, draft_side_for, load_media
+from pipeline.qalign import recipes
+from pipeline.qalign.levels import DEFAULT_LEVELS, Levels
+from pipeline.qalign.syllabus import augment
+from pipeline.registry import checkpoint
 from pipeline.scorers import Prepared, ScorerArgs
-from pipeline.syllabus import augment
 from schemas.scores import ScoreColumns, level_columns
 
 
@@ -33,7 +36,7 @@ class LevelScorer:
     reads: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
     # frames is an output column; tokens (the prompt's length) only orders rows into batches of like shape
-    # (pipeline.job.order_by_shape) and is not written
+    # (pipeline.scoring.stages.order_by_shape) and is not written
     prepared_columns: tuple[str, ...] = ("frames", "tokens")
     runs_on_device: bool = True
     constants: dict[str, str] = field(init=False)
@@ -60,7 +63,7 @@ class LevelScorer:
         }
 
     def preparer(self, options: MediaOptions, crop: int | None = None) -> Callable[[dict], Prepared]:
-        from pipeline.scorer import Preprocessor
+        from pipeline.scorers.lmm_model import Preprocessor
 
         pre = Preprocessor(registry.local_path(self.model_path), self.task, self.levels, recipe=self.recipe)
         options = pre.recipe.video.media_options(options)  # e.g. Q-ReAlign's 8 uniform frames
@@ -80,7 +83,7 @@ class LevelScorer:
         return prepare
 
     def device_step(self, device: str) -> Callable[[list[Any]], dict[str, np.ndarray]]:
-        from pipeline.scorer import Scorer
+        from pipeline.scorers.lmm_model import Scorer
 
         scorer = Scorer(registry.local_path(self.model_path), self.task, self.levels, device, recipe=self.recipe)
 

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import checkpoint, registry
-from pipeline.media import MediaOptions
+from pipeline import registry
+from pipeline.infra.media import MediaOptions
+from pipeline.registry import checkpoint
 from pipeline.scorers import Prepared, ScorerArgs
 from pipeline.scorers.full_reference import load_pair, pair_metrics
 from schemas.scores import ScoreColumns, fr_columns

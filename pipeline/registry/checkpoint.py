@@ -27,7 +27,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import save_file
 
-from pipeline import store
+from pipeline.infra import store
 
 # transformers otherwise asks the hub's conversion service to turn a `.bin` repo into safetensors (a network call
 # from every actor); qcurate converts locally instead.

@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from pipeline.levels import DEFAULT_LEVELS
+from pipeline.qalign.levels import DEFAULT_LEVELS
 
 FAMILIES = ("llava", "idefics3", "owl2", "qwen3_5", "qwen3_vl", "qwen2_5_vl", "llava_onevision", "instructblip")
 

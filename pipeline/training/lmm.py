@@ -1,7 +1,8 @@
 """Training a scorer on MOS labels with the Q-Align syllabus, on Ray Train.
 
 Data: label rows are read from the shards by Ray Data, and a CPU stage (`ExampleBuilder`) decodes the media, applies
-the optional augmentation (random crop, flip), draws a question and prepares the example (pipeline.syllabus); it runs
+the optional augmentation (random crop, flip), draws a question and prepares the example (pipeline.qalign.syllabus);
+it runs
 again every epoch, so crops and questions are new each time. Those draws come from generators seeded by (run seed,
 epoch, item id), so a run's examples are the same however its blocks are spread over workers or it is resumed; the
 epoch reaches the data tasks through a tiny actor (`EpochClock`) that rank 0 sets before each epoch's pass begins.
@@ -33,10 +34,12 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from pipeline import methods, models, recipes, registry, store
-from pipeline.levels import DEFAULT_LEVELS, Levels
-from pipeline.media import MediaError, MediaOptions, load_media
-from pipeline.syllabus import Syllabus, augment, level_target, questions
+from pipeline import methods, models, registry
+from pipeline.infra import store
+from pipeline.infra.media import MediaError, MediaOptions, load_media
+from pipeline.qalign import recipes
+from pipeline.qalign.levels import DEFAULT_LEVELS, Levels
+from pipeline.qalign.syllabus import Syllabus, augment, level_target, questions
 from schemas import LABELS_V1
 
 META_KEYS = ("n_answer", "level_from_end", "target")
@@ -214,7 +217,7 @@ def build_examples(
 ) -> dict[str, np.ndarray]:
     """Ray Data task form of ExampleBuilder: Ray reuses worker processes, so each keeps its builder (processor)
     across tasks and epochs, where an actor pool would start new actors for every epoch's pass. Skipped items go to
-    the `console` relay (pipeline.console.Relay), which counts each once however many epochs meet it."""
+    the `console` relay (pipeline.infra.console.Relay), which counts each once however many epochs meet it."""
     import ray
 
     skipped: list[tuple[str, str]] | None = [] if console is not None else None
@@ -433,7 +436,8 @@ def resume(load: Callable[[dict], None], optimizer, scheduler) -> tuple[int, lis
 
 
 def rank_zero_say(rank: int, console) -> Callable[[str], None]:
-    """A training worker's `say`: rank 0's lines go to its own log and, through the driver (pipeline.console.Relay,
+    """A training worker's `say`: rank 0's lines go to its own log and, through the driver
+    (pipeline.infra.console.Relay,
     or None), to the user; the other ranks' are dropped (every rank would say the same)."""
     import ray
 
@@ -494,7 +498,7 @@ def report_epoch(
 def epoch_line(history: list[dict], epochs: int, start_epoch: int, unit: str = "examples") -> str:
     """`epoch 3/10: loss 1.2345, level accuracy 41.2%, 52.1 examples/s, ETA 1m10s` (level accuracy where the trainer
     measures it): the ETA from the mean time of this attempt's epochs (a resumed run's earlier epochs ran elsewhere)."""
-    from pipeline.console import duration
+    from pipeline.infra.console import duration
 
     entry = history[-1]
     ran = [h["seconds"] for h in history if h["epoch"] >= start_epoch]
@@ -556,7 +560,7 @@ def fit(
     """Train `parent` (a model folder or URL) on the training rows of the label shards with Ray Train.
 
     Checkpoints go to `<runs_url>/<run_id>/`; a rerun with the same run id resumes from the last one there.
-    `console`: a pipeline.console.Relay actor for rank 0's lines and the skipped items (None: printed in place).
+    `console`: a pipeline.infra.console.Relay actor for rank 0's lines and the skipped items (None: printed in place).
     Returns Ray Train's Result: its last checkpoint holds the exported artifact (EXPORT_DIR).
     """
     import ray

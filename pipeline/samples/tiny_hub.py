@@ -18,9 +18,9 @@ import sentencepiece as spm
 import torch
 from transformers import AutoTokenizer
 
-from pipeline.levels import DEFAULT_LEVELS
 from pipeline.models.owl2 import ABSTRACTOR_DEFAULTS, VISION_DEFAULTS, MPLUGOwl2Config, MPLUGOwl2LlamaForCausalLM
-from pipeline.models.tiny import WORDS
+from pipeline.qalign.levels import DEFAULT_LEVELS
+from pipeline.samples.tiny_models import WORDS
 
 # The field set that transformers 4.31's PretrainedConfig.to_dict() writes for every (sub-)config.
 _OLD_PRETRAINED_FIELDS = dict(

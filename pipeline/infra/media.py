@@ -46,7 +46,7 @@ import fsspec.asyn
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline import store
+from pipeline.infra import store
 
 ERROR_KINDS = (
     "bad_scheme",
@@ -110,7 +110,8 @@ class MediaOptions:
     # antialiased resize still makes the final step); None decodes at full size. See draft_side_for.
     draft: bool = True
     draft_side: int | None = None
-    # Items fetched at once by one decode worker (pipeline.job.PrepareStage, through Prefetcher): object-store
+    # Items fetched at once by one decode worker (pipeline.scoring.stages.PrepareStage, through Prefetcher):
+    # object-store
     # reads are latency-bound, so a worker keeps this many in flight while it decodes the one in hand.
     fetch_concurrency: int = 8
 

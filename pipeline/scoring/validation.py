@@ -1,6 +1,6 @@
 """Manifest validation on the cluster, with a driver whose memory does not grow with rows or shards.
 
-    every shard -> a Ray task: schema, types, media types, ids unique within the shard (pipeline.shards);
+    every shard -> a Ray task: schema, types, media types, ids unique within the shard (pipeline.corpora.shards);
                    its ids hashed to 64 bits and sent, by hash range, to one of a few bucket actors
     every bucket -> the hashes seen more than once, with the shards they came from (candidates)
     candidates -> confirmed on the ids themselves (the named shards are read again), so a hash collision is never
@@ -20,9 +20,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import store
-from pipeline.console import console
-from pipeline.shards import Shard, read_valid_shard
+from pipeline.corpora.shards import Shard, read_valid_shard
+from pipeline.infra import store
+from pipeline.infra.console import console
 from schemas import SchemaError
 
 CANDIDATES_PER_PAGE = 64
@@ -101,7 +101,7 @@ def validate_manifest_shards(
     Returns the shards in URL order."""
     import ray
 
-    from pipeline.watchdog import wait_or_fail
+    from pipeline.infra.watchdog import wait_or_fail
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     # Actors hold ids but need no CPU: num_cpus=0, so they can never starve the shard tasks.
@@ -146,7 +146,7 @@ def _confirm_duplicates(urls: list[str], buckets: list, stall_s: float) -> None:
     """Page through the hash candidates of every bucket and confirm them on the ids; fail on the first real one."""
     import ray
 
-    from pipeline.watchdog import wait_or_fail
+    from pipeline.infra.watchdog import wait_or_fail
 
     lookup = ray.remote(_ids_with_hashes)
     for bucket in buckets:

@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline import models
-from pipeline.levels import Levels
-from pipeline.media import MediaOptions
+from pipeline.infra.media import MediaOptions
+from pipeline.qalign.levels import Levels
 
 TASKS = ("quality", "aesthetics")
 RECIPE_FILE = "qcurate.json"  # beside config.json: {"prompt_recipe": NAME}
@@ -152,6 +151,16 @@ Q_REALIGN = PromptRecipe(
     video=FramePolicy(uniform=8, long_side=448, one_slot=False),
 )
 RECIPES = {r.name: r for r in (GENERIC, Q_ALIGN, Q_REALIGN)}
+
+
+def model_type(path: str, revision: str | None = None) -> str:
+    """The checkpoint's config.json `model_type`: what its recipe (and its model family) is chosen by."""
+    from transformers import PretrainedConfig
+
+    config, _ = PretrainedConfig.get_config_dict(path, revision=revision)
+    return config.get("model_type", "")
+
+
 # The recipe a checkpoint gets from its config's model_type when no qcurate.json names one.
 BY_MODEL_TYPE = {"mplug_owl2": Q_ALIGN, "qwen3_5": Q_REALIGN}
 
@@ -170,7 +179,7 @@ def for_checkpoint(path: str, revision: str | None = None, override: str | None 
     if os.path.isfile(named):
         with open(named) as f:
             return get(json.load(f)["prompt_recipe"])
-    return BY_MODEL_TYPE.get(models.model_type(path, revision), GENERIC)
+    return BY_MODEL_TYPE.get(model_type(path, revision), GENERIC)
 
 
 def write_recipe_file(folder: str, recipe: PromptRecipe) -> None:

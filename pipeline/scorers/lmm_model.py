@@ -1,7 +1,7 @@
 """Score decoded media with an LMM: one forward pass per batch, the next-token logits of the level words only.
 
 `Preprocessor` is the CPU half (no weights: safe to run in many decode workers); `Scorer` holds the model and turns a
-batch of prepared items into level probabilities. Scores follow from the probabilities (pipeline.levels).
+batch of prepared items into level probabilities. Scores follow from the probabilities (pipeline.qalign.levels).
 """
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline import methods, models, recipes
-from pipeline.levels import DEFAULT_LEVELS, Levels
-from pipeline.media import Media
-from pipeline.recipes import TASKS, Prompt  # noqa: F401  (re-exported: callers import them from here)
+from pipeline import methods, models
+from pipeline.infra.media import Media
+from pipeline.qalign import recipes
+from pipeline.qalign.levels import DEFAULT_LEVELS, Levels
+from pipeline.qalign.recipes import TASKS, Prompt  # noqa: F401  (re-exported: callers import them from here)
 
 
 def prompt_for(task: str, media_type: str) -> Prompt:
@@ -22,14 +23,14 @@ def prompt_for(task: str, media_type: str) -> Prompt:
 
 def level_token_ids(tokenizer, answer_prefix: str, levels: Levels) -> list[int]:
     """The id of each level word as it follows the answer prefix (for SentencePiece: '▁good', not 'good'), the
-    generic and q-align rule; a word that is not exactly one token there is an error (pipeline.recipes)."""
+    generic and q-align rule; a word that is not exactly one token there is an error (pipeline.qalign.recipes)."""
     return recipes.GENERIC.level_ids(tokenizer, answer_prefix, levels)
 
 
 class Preprocessor:
     """Turns decoded media into one item's model inputs, on CPU, from the model folder's processor alone.
 
-    `recipe` names a prompt recipe (pipeline.recipes); None: the checkpoint's own (qcurate.json or model_type).
+    `recipe` names a prompt recipe (pipeline.qalign.recipes); None: the checkpoint's own (qcurate.json or model_type).
     """
 
     def __init__(

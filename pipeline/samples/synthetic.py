@@ -1,16 +1,16 @@
 """A synthetic MOS label set that a tiny model can learn from, with whole photographs held out for evaluation.
 
-The sample corpus (pipeline.corpus) has one distortion kind per photo and images downscaled far below their
+The sample corpus (pipeline.samples.corpus) has one distortion kind per photo and images downscaled far below their
 distortions' scale, too little for a from-scratch model to learn quality rather than content. This set:
 - uses every bundled scikit-image photograph (colour ones, and grey ones as RGB): 17 sources;
 - holds whole photographs out for the eval split, so the held-out SRCC measures generalisation to unseen content;
 - applies every distortion kind at every level to every training photo, at two scales (more content per source);
 - stores training items larger than the model's input so that training draws a new random crop of it every
-  epoch (`crop` in pipeline.training): the model cannot memorise a few fixed pictures;
+  epoch (`crop` in pipeline.training.lmm): the model cannot memorise a few fixed pictures;
 - stores eval items as crops of exactly the model's input size, so what the run measures is what the scoring job
   sees (no resize that would blur away the distortion).
 
-MOS: 5 - level on a 1..5 scale (pipeline.corpus.synthetic_mos), a label with a known truth.
+MOS: 5 - level on a 1..5 scale (pipeline.samples.corpus.synthetic_mos), a label with a known truth.
 
 With `full_reference`, every item is a pair (labels/v2 `ref_uri`): its reference is the pristine photograph at the
 same size and crop, written losslessly once per (photograph, size) for training and per (photograph, crop) for
@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline import store
-from pipeline.corpus import DISTORTIONS, LEVELS, distort, load_photo, resize_long_side, synthetic_mos
+from pipeline.infra import store
+from pipeline.samples.corpus import DISTORTIONS, LEVELS, distort, load_photo, resize_long_side, synthetic_mos
 from schemas import LABELS_V2, validate_labels
 from schemas.labels import OPTIONAL
 

@@ -7,8 +7,8 @@ import torch
 from scipy import stats
 
 from pipeline import registry, scorers
-from pipeline.levels import Levels
-from pipeline.media import MediaError, MediaOptions
+from pipeline.infra.media import MediaError, MediaOptions
+from pipeline.qalign.levels import Levels
 from pipeline.scorers import ScorerArgs
 
 SCALE = ("mos", "scale_min", "scale_max")  # a label row's MOS and the scale it is on

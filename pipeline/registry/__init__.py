@@ -1,7 +1,7 @@
 """A model registry in object storage: `<registry>/<name>/<version>/` folders and a `CURRENT` pointer.
 
 Scoring accepts a model folder, a hub id, or a registry entry (a folder holding CURRENT, which names the version
-folder to use). Remote folders and hub snapshots become local folders of safetensors (pipeline.checkpoint).
+folder to use). Remote folders and hub snapshots become local folders of safetensors (pipeline.registry.checkpoint).
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import checkpoint, store
-from pipeline.console import console
+from pipeline.infra import store
+from pipeline.infra.console import console
+from pipeline.infra.version import code_version
+from pipeline.registry import checkpoint
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def resolve(model: str, revision: str | None = None) -> ModelRef:
 
 
 def local_path(path: str) -> str:
-    """A local folder holding the model's safetensors files (see pipeline.checkpoint.local_folder)."""
+    """A local folder holding the model's safetensors files (see pipeline.registry.checkpoint.local_folder)."""
     return checkpoint.local_folder(path)
 
 
@@ -224,13 +226,12 @@ def import_checkpoint(
     source: str, registry: str, name: str, revision: str | None = None, promote: bool = False, log=console.say
 ) -> tuple[str, dict]:
     """Write a published checkpoint (hub id, or a folder: local or any fsspec URL) as a new immutable safetensors
-    version of `<registry>/<name>`; `.bin` weights are converted safely on the way (pipeline.checkpoint), remote
+    version of `<registry>/<name>`; `.bin` weights are converted safely on the way (pipeline.registry.checkpoint),
+    remote
     code is left behind. The entry's first version becomes CURRENT; a later one only with `promote`.
     Returns (version, its version.json record)."""
     import tempfile
     from datetime import datetime, timezone
-
-    from pipeline.job import code_version
 
     ref = resolve(source, revision)
     if checkpoint.is_hub_id(source):

@@ -9,8 +9,8 @@ one place, cut patches), so each worker prepares its own, and an epoch costs no 
 in the worker's memory up to CACHE_BYTES, so a small set is decoded once. Every epoch a permutation of the (item,
 view) examples, drawn from the (run seed, epoch) generator, is dealt to the ranks in equal parts (DDP needs the same
 number of steps everywhere); each example's crop, flip and patch positions come from its own (run seed, epoch, item,
-view) generator (pipeline.training.item_rng). So a run draws the same whatever restarts or resumes it.
-Checkpoints, resume and export: as pipeline.training does (STATE_FILE every epoch into the run's storage, EXPORT_DIR
+view) generator (pipeline.training.lmm.item_rng). So a run draws the same whatever restarts or resumes it.
+Checkpoints, resume and export: as pipeline.training.lmm does (STATE_FILE every epoch into the run's storage, EXPORT_DIR
 after the last; the same TorchTrainer configs), so the retraining job versions and promotes the result alike.
 """
 
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from pipeline import registry
-from pipeline.media import MediaError, MediaOptions
+from pipeline.infra.media import MediaError, MediaOptions
+from pipeline.qalign.syllabus import augment
 from pipeline.scorers.full_reference import load_pair
-from pipeline.syllabus import augment
-from pipeline.training import (
+from pipeline.training.lmm import (
     Recipe,
     Scaling,
     item_rng,

@@ -30,10 +30,19 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from pipeline import store
-from pipeline.curation import FilterConfig, FilterError, ScoreHistogram, absolute, run_filter, score_columns, scores_run
-from pipeline.media import MediaError, MediaOptions, load_media
-from pipeline.shards import Output, list_shards
+from pipeline.corpora.shards import list_shards
+from pipeline.curation.filter import (
+    FilterConfig,
+    FilterError,
+    ScoreHistogram,
+    absolute,
+    run_filter,
+    score_columns,
+    scores_run,
+)
+from pipeline.infra import store
+from pipeline.infra.media import MediaError, MediaOptions, load_media
+from pipeline.scoring.commit import Output
 
 CAPTION_COLUMNS = ("source", "mos")  # shown under thumbnails and in the per-level table when present
 THUMB_PX = 160
@@ -62,7 +71,7 @@ class ReportData:
     manifest: str | None
     words: list[str]  # level scorers' level words; [] for full-reference scorers
     hist: ScoreHistogram
-    column: str = "score"  # the headline column (pipeline.curation.score_columns)
+    column: str = "score"  # the headline column (pipeline.curation.filter.score_columns)
     scorer: str = "lmm"
     against_psnr: np.ndarray | None = None  # full-reference: [GRID, GRID] counts of (psnr, score)
     psnr_range: tuple[float, float] = (0.0, 100.0)

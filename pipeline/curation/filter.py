@@ -45,10 +45,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import store
-from pipeline.console import console
+from pipeline.infra import store
+from pipeline.infra.console import console
 
-# pipeline.shards and schemas are imported where used, by the driver only: they pull in torch (through the levels),
+# pipeline.corpora.shards and schemas are imported where used, by the driver only: they pull in torch (through the
+# levels),
 # which the Ray workers that filter shards never need, and each worker would pay seconds to import it.
 
 QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
@@ -376,7 +377,8 @@ def _remove(url: str) -> None:
 
 def _plan(cfg: FilterConfig) -> tuple[list[dict], pa.Schema]:
     """Shard items (name, manifest URL, score URL or None) and the score schema, checked before any work."""
-    from pipeline.shards import Output, check_manifest_schema, list_shards
+    from pipeline.corpora.shards import check_manifest_schema, list_shards
+    from pipeline.scoring.commit import Output
     from schemas import output_columns
 
     manifest_urls = list_shards(cfg.manifest)
@@ -414,7 +416,8 @@ def run_filter(cfg: FilterConfig, log=console.say) -> dict:
     """Filter every manifest shard; write the kept rows and `_filter.json`. Returns the summary (the JSON)."""
     import ray
 
-    from pipeline.job import code_version, init_ray
+    from pipeline.infra.version import code_version
+    from pipeline.scoring.plan import init_ray
 
     t0 = time.perf_counter()
     cfg = replace(cfg, manifest=absolute(cfg.manifest), scores=absolute(cfg.scores), output=absolute(cfg.output))

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-from pipeline import store
+from pipeline.infra import store
 
 
 class Console:

@@ -1,22 +1,18 @@
-"""Sharded Parquet manifests in, one committed output shard per input shard out.
+"""Sharded Parquet manifests: listing a manifest's shards, reading them with their schema checked, writing one.
 
-The unit of commit is the input shard: `<output>/part-00007.parquet` is written whole, then
-`<output>/_committed/part-00007.parquet.json` marks it committed. A shard without its marker is not done and is
-written again by a rerun; a committed shard is never touched again.
+The output side (one committed score shard per input shard) is pipeline.scoring.commit.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import store
+from pipeline.infra import store
 from schemas import LOST_IN_OUTPUT, MANIFEST_V1, OPTIONAL, SchemaError, check_columns, check_reserved, validate_manifest
 
 
@@ -93,7 +89,7 @@ def read_rows(batch: pa.Table, columns: list[str]) -> pa.Table:
     shard's url in column "path", which routes it to its shard in the driver.
 
     A shard that no longer reads (rewritten or emptied after validation) yields no rows: the job goes on with the
-    other shards and then fails naming it (pipeline.job), with the reason in the job's log.
+    other shards and then fails naming it (pipeline.scoring.job), with the reason in the job's log.
     """
     url = batch.column("shard")[0].as_py()
     try:
@@ -116,7 +112,7 @@ def check_manifest_schema(url: str, reserved: Collection[str] = (), needs: Colle
 
 
 def read_valid_shard(url: str, reserved: Collection[str] = (), needs: Collection[str] = ()) -> tuple[Shard, pa.Table]:
-    """One manifest shard, checked against the manifest schema alone (pipeline.validation checks ids across
+    """One manifest shard, checked against the manifest schema alone (pipeline.scoring.validation checks ids across
     shards, on the cluster). Returns the shard and its manifest columns.
 
     `reserved`: the names of the columns the output adds (schemas.output_columns); a manifest column with one of
@@ -137,44 +133,6 @@ def check_ids_across_shards(urls: list[str], ids: list[pa.ChunkedArray]) -> None
         first = dupes[0]
         where = [url for url, shard_ids in zip(urls, ids) if pc.any(pc.equal(shard_ids, first)).as_py()]
         raise SchemaError(where[-1], "id", f"{len(dupes)} id(s) appear in more than one shard, e.g. {first} in {where}")
-
-
-class Output:
-    """An output folder of score shards with commit markers."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-
-    def shard_url(self, name: str) -> str:
-        return store.join(self.url, name)
-
-    def marker_url(self, name: str) -> str:
-        return store.join(self.url, "_committed", f"{name}.json")
-
-    def committed(self) -> set[str]:
-        fs, path = store.filesystem(store.join(self.url, "_committed"))
-        if not store.exists(store.join(self.url, "_committed")):
-            return set()
-        names = store.retry(lambda: fs.ls(path, detail=False), f"list {path}")
-        return {store.basename(n).removesuffix(".json") for n in names if n.endswith(".json")}
-
-    def markers(self, names: list[str]) -> list[dict]:
-        """The commit markers of these shards, fetched concurrently (one request each, many in flight)."""
-        fs, _ = store.filesystem(self.url)
-        paths = [store.filesystem(self.marker_url(n))[1] for n in names]
-        found = store.retry(lambda: fs.cat(paths), f"read the markers of {self.url}") if paths else {}
-        return [json.loads(found[p]) for p in paths]
-
-    def commit(self, name: str, table: pa.Table, summary: dict) -> None:
-        """Write the shard whole, then its marker: a crash between the two leaves an uncommitted shard."""
-        store.write_parquet(table, self.shard_url(name))
-        marker = {"rows": table.num_rows, "committed_at": datetime.now(timezone.utc).isoformat(), **summary}
-        store.write_json(self.marker_url(name), marker)
-
-    def clear(self) -> None:
-        fs, path = store.filesystem(self.url)
-        if store.exists(self.url):
-            store.retry(lambda: fs.rm(path, recursive=True), f"remove {self.url}")
 
 
 def write_manifest(rows: list[dict], url: str, num_shards: int) -> list[str]:

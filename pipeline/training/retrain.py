@@ -2,11 +2,11 @@
 
 One run: plan from the label shards and the registry alone (what is new, what to start from, the run's identity);
 measure the starting model (and CURRENT) on the held-out split and on a sample of the training items; train on Ray
-Train (pipeline.training); write a new immutable version; measure it; move CURRENT to it only if its held-out SRCC
+Train (pipeline.training.lmm); write a new immutable version; measure it; move CURRENT to it only if its held-out SRCC
 beats CURRENT's (or the base model's). With nothing new, or a run that already finished, it does nothing.
 A killed run, rerun with the same arguments, has the same run id and resumes from its last checkpoint.
-What is trained is chosen once, from the parent model (`Trainer`): an LMM level scorer (pipeline.training) or a
-VTAMIQ full-reference scorer (pipeline.vtamiq_training); the rest of the job is the same for both.
+What is trained is chosen once, from the parent model (`Trainer`): an LMM level scorer (pipeline.training.lmm) or a
+VTAMIQ full-reference scorer (pipeline.training.vtamiq); the rest of the job is the same for both.
 """
 
 from __future__ import annotations
@@ -28,13 +28,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import checkpoint, methods, recipes, registry, store
-from pipeline.console import console, relayed, skipped_summary
-from pipeline.evaluation import evaluate_on_ray
-from pipeline.shards import check_ids_across_shards, list_shards, unreadable
-from pipeline.synthetic import write_label_shard
-from pipeline.training import EXPORT_DIR, Recipe, Scaling
-from pipeline.watchdog import DEFAULT_STALL_S, watched
+from pipeline import methods, registry
+from pipeline.corpora.shards import check_ids_across_shards, list_shards, unreadable
+from pipeline.infra import store
+from pipeline.infra.console import console, relayed, skipped_summary
+from pipeline.infra.version import code_version
+from pipeline.infra.watchdog import DEFAULT_STALL_S, watched
+from pipeline.qalign import recipes
+from pipeline.registry import checkpoint
+from pipeline.samples.synthetic import write_label_shard
+from pipeline.training.evaluation import evaluate_on_ray
+from pipeline.training.lmm import EXPORT_DIR, Recipe, Scaling
 from schemas import SchemaError, validate_labels
 
 # ------------------------------------------------------------------------------------------------------------
@@ -97,31 +101,31 @@ class Trainer:
 
 
 def _fit_lmm(recipe, scaling, parent, label_urls, train_rows, runs_url, run_id, relay):
-    from pipeline.training import fit
+    from pipeline.training.lmm import fit
 
     return fit(recipe, scaling, parent, label_urls, len(train_rows), runs_url, run_id, relay)
 
 
 def _fit_vtamiq(recipe, scaling, parent, label_urls, train_rows, runs_url, run_id, relay):
-    from pipeline.vtamiq_training import fit
+    from pipeline.training.vtamiq import fit
 
     return fit(recipe, scaling, parent, train_rows, runs_url, run_id, relay)
 
 
 def _check_vtamiq_recipe(recipe: Recipe) -> None:
-    from pipeline.vtamiq_training import check_recipe
+    from pipeline.training.vtamiq import check_recipe
 
     check_recipe(recipe)
 
 
 def _check_vtamiq_labels(train_rows: list[dict]) -> None:
-    from pipeline.vtamiq_training import check_labels
+    from pipeline.training.vtamiq import check_labels
 
     check_labels(train_rows)
 
 
 def _vtamiq_record(parent: str, train_rows: list[dict]) -> dict:
-    from pipeline.vtamiq_training import label_scale
+    from pipeline.training.vtamiq import label_scale
 
     return {"model_type": "vtamiq", "score_scale": list(label_scale(train_rows))}
 
@@ -409,7 +413,7 @@ def retrain(config: RetrainConfig) -> Outcome:
             "use_gpu": scaling.use_gpu,
         },
         "promotion": promotion,
-        "code_version": _code_version(),
+        "code_version": code_version(),
     }
     registry.finish_version(plan.entry, version, metrics, record)
     if promotion["promoted"]:
@@ -422,7 +426,8 @@ def retrain(config: RetrainConfig) -> Outcome:
 
 
 def evaluation_table(metrics: dict) -> str:
-    """SRCC, PLCC and the level loss (pipeline.evaluation.rate) before and after training, on the training sample and
+    """SRCC, PLCC and the level loss (pipeline.training.evaluation.rate) before and after training, on the training
+    sample and
     on the held-out items."""
 
     def cell(m: dict | None, key: str) -> str:
@@ -461,12 +466,6 @@ def decide(after: dict, reference: dict, compared_with: str, plan: Plan, current
     if new["srcc"] > old["srcc"]:
         return {**out, "promoted": True, "reason": f"{comparison}: better"}
     return {**out, "reason": f"{comparison}: not better"}
-
-
-def _code_version() -> str:
-    from pipeline.job import code_version
-
-    return code_version()
 
 
 # ------------------------------------------------------------------------------------------------------------

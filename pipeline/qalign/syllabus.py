@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr  # the standard normal CDF (scipy.stats.norm.cdf), without scipy.stats' import time
 
-from pipeline.levels import DEFAULT_LEVELS, Levels
-from pipeline.recipes import GENERIC, PromptRecipe
+from pipeline.qalign.levels import DEFAULT_LEVELS, Levels
+from pipeline.qalign.recipes import GENERIC, PromptRecipe
 
 # The user's question, drawn at random per example; the first one is the reference prompt the scorer asks.
 QUESTIONS = (

@@ -12,7 +12,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import IO
 
-from pipeline.console import duration
+from pipeline.infra.console import duration
 
 
 class ScoringProgress:

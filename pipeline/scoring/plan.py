@@ -1,0 +1,153 @@
+"""Planning a scoring run: everything decided before the first row is read.
+
+The model is resolved (pipeline.registry), the kind of scorer chosen (pipeline.scorers), the output compared with the
+run that wrote it before (a rerun adds to an output only with the same identity), and the manifest validated on the
+cluster (pipeline.scoring.validation), so that a bad manifest fails before any GPU work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+
+from pipeline import registry, scorers
+from pipeline.corpora.shards import Shard, manifest_listing
+from pipeline.infra import store
+from pipeline.infra.console import console
+from pipeline.infra.version import code_version
+from pipeline.scorers import Kind, ScorerArgs
+from pipeline.scoring.commit import Output
+from pipeline.scoring.config import JobConfig, JobError
+from pipeline.scoring.validation import validate_manifest_shards
+from schemas import output_columns
+
+
+@dataclass
+class Plan:
+    """A run, planned: what scores (kind), where to (output), what it is (identity and args), which shards remain."""
+
+    config: JobConfig
+    kind: Kind
+    output: Output
+    run_info: dict  # written to _run.json: the kind's identity, the model's path, the code version, the arguments
+    shards: list[Shard]  # every manifest shard, validated
+    pending: list[Shard]  # those not yet committed
+    ray_start_s: float
+
+
+def plan(config: JobConfig, log=console.say) -> Plan:
+    """Resolve the model and the kind of scorer, open the output and refuse to mix runs, start Ray, validate the
+    manifest (a bad one fails here, before any scoring) and find the shards left to score."""
+    path = revision = None
+    if config.model:
+        try:
+            ref = registry.resolve(config.model, config.model_revision)
+        except (ValueError, OSError) as e:  # no such folder, version or hub revision; a revision on a plain folder
+            raise JobError(f"--model {config.model}: {e}") from e
+        path, revision = ref.path, ref.revision
+    args = ScorerArgs(config.model, path, revision, config.task, config.levels, config.prompt_recipe)
+    try:
+        kind = scorers.create(config.scorer, args)
+    except ValueError as e:
+        raise JobError(str(e)) from e
+    output = Output(config.output)
+    run_info = {
+        **kind.identity(),
+        "model_path": path,
+        "code_version": code_version(),
+        "args": {k: v for k, v in asdict(config).items() if k != "levels"},
+    }
+    check_previous_run(output, run_info, config.restart)
+    what = ", ".join(f"{k} {v}" for k, v in kind.identity().items() if k not in ("scorer", "model", "levels"))
+    log(f"score: {config.manifest} -> {config.output} with {kind.name} {kind.model} ({what})")
+
+    ray_start_s = init_ray()
+    shards = checked_manifest(config, output, kind, log)
+    committed = output.committed()
+    pending = [s for s in shards if s.name not in committed]
+    log(
+        f"manifest: {len(shards)} shards, {sum(s.num_rows for s in shards)} rows; "
+        f"{len(shards) - len(pending)} already committed, {len(pending)} to score"
+    )
+    return Plan(config, kind, output, run_info, shards, pending, ray_start_s)
+
+
+def check_previous_run(output: Output, run: dict, restart: bool) -> None:
+    """Refuse to mix scores of different models, revisions, tasks or levels in one output."""
+    run_url = store.join(output.url, "_run.json")
+    if restart:
+        output.clear()
+        return
+    if not store.exists(run_url):
+        return
+    previous = store.read_json(run_url)
+    previous.setdefault("scorer", "lmm")  # written before kinds of scorers existed
+    for key in ("scorer", "model", "model_revision", "prompt_recipe", "task", "levels"):
+        if key == "prompt_recipe" and key not in previous:
+            continue  # an output written before recipes were recorded: its model, revision and task still decide
+        if previous.get(key) != run.get(key):
+            raise JobError(
+                f"{output.url} holds scores with {key}={previous.get(key)!r}, this run has {run.get(key)!r}; "
+                "use another --output, or --restart to delete the old scores and start over"
+            )
+
+
+MANIFEST_FILE = "_manifest.json"
+
+
+def checked_manifest(config: JobConfig, output: Output, kind: Kind, log=console.say) -> list[Shard]:
+    """The manifest's shards, validated on the cluster; a rerun over an unchanged manifest (same shard names, sizes
+    and ETags or mtimes, from one listing) reuses the last validation. A shard rewritten after it was committed is
+    refused: its committed scores would no longer match it."""
+    listing = manifest_listing(config.manifest)
+    digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
+    url = store.join(output.url, MANIFEST_FILE)
+    previous = store.read_json(url) if store.exists(url) else None
+    if previous and previous["digest"] == digest and previous.get("checks") == _checks(kind):
+        return [Shard(u, store.basename(u), previous["rows"][store.basename(u)]) for u in listing]
+    if previous:
+        committed = output.committed()
+        rewritten = [
+            store.basename(u)
+            for u, stat in listing.items()
+            if store.basename(u) in committed and previous["listing"].get(store.basename(u)) != stat
+        ]
+        if rewritten:
+            raise JobError(
+                f"{config.manifest}: shard(s) {rewritten[:5]} changed after their scores were committed to "
+                f"{output.url}; use --restart to score the manifest again, or another --output"
+            )
+        log(f"manifest changed since the last run ({previous['digest']} -> {digest}): validating it again")
+    shards = validate_manifest_shards(
+        list(listing),
+        videos_allowed=kind.videos_allowed,
+        reserved=tuple(output_columns(kind.columns)),
+        needs=kind.reads,
+        stall_s=config.stall_timeout_s,
+        log=log,
+    )
+    record = {
+        "digest": digest,
+        "checks": _checks(kind),
+        "listing": {store.basename(u): stat for u, stat in listing.items()},
+        "rows": {s.name: s.num_rows for s in shards},
+    }
+    store.write_json(url, record)
+    return shards
+
+
+def _checks(kind: Kind) -> dict:
+    """What a manifest's validation checked for this kind: a rerun with other checks validates again."""
+    return {"videos": kind.videos_allowed, "reserved": sorted(output_columns(kind.columns)), "needs": list(kind.reads)}
+
+
+def init_ray() -> float:
+    """Join the cluster named by RAY_ADDRESS (as `ray job submit` sets it), else start a local Ray. Returns seconds."""
+    import ray
+
+    start = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True, logging_level="WARNING")
+    return time.perf_counter() - start
