@@ -53,14 +53,15 @@ def plan(config: JobConfig, log=console.say) -> Plan:
     except ValueError as e:
         raise JobError(str(e)) from e
     output = Output(config.output)
+    identity = kind.identity()
     run_info = {
-        **kind.identity(),
+        **identity,
         "model_path": path,
         "code_version": code_version(),
         "args": {k: v for k, v in asdict(config).items() if k != "levels"},
     }
     check_previous_run(output, run_info, config.restart)
-    what = ", ".join(f"{k} {v}" for k, v in kind.identity().items() if k not in ("scorer", "model", "levels"))
+    what = ", ".join(f"{k} {v}" for k, v in identity.items() if k not in ("scorer", "model", "levels"))
     log(f"score: {config.manifest} -> {config.output} with {kind.name} {kind.model} ({what})")
 
     ray_start_s = init_ray()
