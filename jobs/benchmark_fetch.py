@@ -114,7 +114,7 @@ def bench_fetch(args) -> None:
     creds = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
     os.environ.update(creds)
     manifest = put_corpus(endpoint, args.items, (args.width, args.height))
-    objects = 2 * args.items if args.scorer in ("psnr", "ssim", "ms-ssim", "vtamiq") else args.items
+    objects = 2 * args.items if args.scorer in ("psnr", "psnr-y", "ssim", "ms-ssim", "vtamiq") else args.items
     print(
         f"fetch: {args.items} rows ({objects} objects of {args.width}x{args.height} JPEG) on moto S3 through the fault "
         f"proxy (+{args.delay_ms:g} ms per request); --scorer {args.scorer}, code {args.code}, "

@@ -3,7 +3,7 @@
     python jobs/benchmark_full_reference.py                    # psnr, ssim, ms-ssim and a tiny vtamiq, 960 pairs
     python jobs/benchmark_full_reference.py --scorers ms-ssim --pairs 4800 --repeats 3
 
-For the classical metrics the preparation IS the scoring (both images decoded, luminance, the metric), so the job's
+For the classical metrics the preparation IS the scoring (both images decoded, the metric), so the job's
 rate over the one-process rate shows what Ray Data's decode actors add or cost on this machine's CPUs; for vtamiq
 the device step (the ViT over both patch sets) follows. Everything is measured side by side in one run on the same
 pairs (machines here are shared and noisy: read the ratios, and the medians over --repeats). Ray start-up is

@@ -1,9 +1,10 @@
-"""Full-reference scoring end to end: PSNR, SSIM, MS-SSIM and a tiny VTAMIQ through the real scoring job on Ray,
+"""Full-reference scoring end to end: PSNR, PSNR-Y, SSIM, MS-SSIM and a tiny VTAMIQ through the real scoring job on Ray,
 on real photographs and their lossless references; the error kinds of pairs that cannot be compared; filtering and
 the report on full-reference outputs; and the seam itself (the callers name no kind of scorer)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -13,12 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline import scorers
 from pipeline.corpora.shards import write_manifest
 from pipeline.curation.filter import FilterConfig, FilterError, run_filter
 from pipeline.curation.report import write_report
+from pipeline.infra.media import MediaError, MediaOptions
 from pipeline.models.vtamiq import VTAMIQ, build_tiny, collate, prepare_pair
 from pipeline.samples.corpus import build_pair_corpus, build_sample_corpus
-from pipeline.scorers import classical
+from pipeline.scorers import ScorerArgs
+from pipeline.scorers.classical import METRICS
 from pipeline.scoring.job import JobConfig, JobError, run
 from schemas import SchemaError, ScoreColumns, validate_scores
 
@@ -61,11 +65,11 @@ def fr_config(pairs: dict, output: str, scorer: str, **kw) -> JobConfig:
 
 
 def test_classical_metrics_score_pairs_and_name_what_cannot_be_compared(ray_cluster, pairs, tmp_path):
-    outputs = {s: str(tmp_path / s) for s in ("psnr", "ssim", "ms-ssim")}
+    outputs = {s: str(tmp_path / s) for s in ("psnr", "psnr-y", "ssim", "ms-ssim")}
     for scorer, output in outputs.items():
         summary = run(fr_config(pairs, output, scorer))
         assert summary["scorer"] == scorer and summary["rows"] == len(pairs["rows"])
-    psnr, ssim, ms = (scored(outputs[s]) for s in ("psnr", "ssim", "ms-ssim"))
+    psnr, psnr_y, ssim, ms = (scored(outputs[s]) for s in ("psnr", "psnr-y", "ssim", "ms-ssim"))
 
     errors = {i: (r["error"] or "").split(":")[0] for i, r in psnr.items() if r["error"]}
     assert errors == {
@@ -80,18 +84,21 @@ def test_classical_metrics_score_pairs_and_name_what_cannot_be_compared(ray_clus
     assert "reference_size_mismatch" in psnr["ref-other-size"]["error"] and "160x" in psnr["ref-other-size"]["error"]
 
     for row in [r for r in pairs["rows"] if r["id"] in psnr and not psnr[r["id"]]["error"] and r["id"] != "small"]:
-        ref, item = (classical.luminance(np.asarray(Image.open(row[k]).convert("RGB"))) for k in ("ref_uri", "uri"))
+        ref, item = (np.asarray(Image.open(row[k]).convert("RGB")) for k in ("ref_uri", "uri"))
         out = psnr[row["id"]]
-        assert out["fr_score"] == out["psnr"] == pytest.approx(classical.psnr(ref, item), abs=1e-9)
-        assert ssim[row["id"]]["fr_score"] == pytest.approx(classical.ssim(ref, item), abs=1e-9)
-        assert ms[row["id"]]["fr_score"] == pytest.approx(classical.ms_ssim(ref, item), abs=1e-9)
+        # the psnr column (the report's score-against-PSNR axis) is over RGB, the ssim column on MATLAB rgb2gray
+        assert out["fr_score"] == out["psnr"] == pytest.approx(METRICS["psnr"](ref, item), abs=1e-9)
+        assert psnr_y[row["id"]]["fr_score"] == pytest.approx(METRICS["psnr-y"](ref, item), abs=1e-9)
+        assert ssim[row["id"]]["fr_score"] == pytest.approx(METRICS["ssim"](ref, item), abs=1e-9)
+        assert ms[row["id"]]["fr_score"] == pytest.approx(METRICS["ms-ssim"](ref, item), abs=1e-9)
         assert out["ssim"] == pytest.approx(ssim[row["id"]]["fr_score"], abs=1e-12)
-        assert out["model"] == "psnr" and out["model_revision"].startswith("fidelity/v1")
+        assert psnr_y[row["id"]]["psnr"] == out["psnr"]
+        assert out["model"] == "psnr" and out["model_revision"].startswith("fidelity/v2: PSNR over RGB")
     copy = psnr["astronaut-copy"]
     assert (copy["fr_score"], copy["ssim"], ms["astronaut-copy"]["fr_score"]) == (100.0, 1.0, pytest.approx(1.0))
     # every kind degrades monotonically with its level, on every metric
     for kind in ("blur", "noise", "jpeg", "pixelate"):
-        for metric in (psnr, ssim, ms):
+        for metric in (psnr, psnr_y, ssim, ms):
             levels = [metric[f"astronaut-{kind}-{lv}"]["fr_score"] for lv in (2, 4)]
             assert levels[0] > levels[1], (kind, levels)
 
@@ -108,6 +115,35 @@ def test_a_manifest_without_ref_uri_fails_before_scoring_naming_shard_and_column
     assert not list((tmp_path / "out").glob("part-*.parquet"))
     with pytest.raises(JobError, match="takes no --model"):
         run(JobConfig(str(tmp_path / "manifest"), str(tmp_path / "out"), pairs["vtamiq"], scorer="psnr"))
+
+
+def test_scores_of_the_luma_definitions_do_not_mix_with_the_new_ones(tmp_path):
+    """An output written before PSNR went to RGB (its _run.json from then) refuses a rerun, naming both definitions;
+    the check runs before Ray starts."""
+    output = tmp_path / "psnr"
+    output.mkdir()
+    old = "fidelity/v1: BT.601 luma; SSIM Gaussian 11x11 sigma 1.5, K 0.01/0.03; MS-SSIM 5 scales"
+    (output / "_run.json").write_text(json.dumps({"scorer": "psnr", "model": "psnr", "model_revision": old}))
+    with pytest.raises(JobError) as refused:
+        run(JobConfig(str(tmp_path / "manifest"), str(output), scorer="psnr"))
+    message = str(refused.value)
+    assert "model_revision='fidelity/v1: BT.601 luma" in message
+    assert "'fidelity/v2: PSNR over RGB, peak 255 (MATLAB psnr, scikit-image); beside it" in message
+    # each kind names its own definition
+    revisions = {name: scorers.create(name, ScorerArgs()).revision for name in METRICS}
+    assert len(set(revisions.values())) == len(METRICS)
+    assert "BT.601 studio-range Y" in revisions["psnr-y"] and "ssim_index.m" in revisions["ssim"]
+
+
+def test_a_pair_smaller_than_the_ssim_window_is_too_small_for_every_classical_kind(tmp_path):
+    """Every classical kind writes an ssim column, whose 11-px window does not fit an 8x8 pair: a row error kind."""
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / "tiny.png")
+    tiny = str(tmp_path / "tiny.png")
+    row = {"id": "tiny", "uri": tiny, "ref_uri": tiny, "media_type": "image"}
+    for name in METRICS:
+        with pytest.raises(MediaError) as error:
+            scorers.create(name, ScorerArgs()).preparer(MediaOptions())(row)
+        assert error.value.kind == "too_small" and "8x8" in error.value.message, name
 
 
 def test_vtamiq_scores_equal_the_model_on_its_deterministic_patch_grid(ray_cluster, pairs, tmp_path):
@@ -154,7 +190,8 @@ def test_filter_and_report_on_full_reference_scores(ray_cluster, pairs, tmp_path
 
     page = Path(write_report(scores, str(tmp_path / "report"), min_score=0.9)).read_text()
     assert 'id="psnr"' in page and 'id="levels"' not in page  # score against PSNR; no level panels
-    assert "ms-ssim: ms-ssim @ fidelity/v1" in page
+    assert "ms-ssim: ms-ssim @ fidelity/v2: MS-SSIM as msssim.m (Wang 2003) on MATLAB rgb2gray" in page
+    assert 'alt="score against PSNR over RGB"' in page
     # the worst pairs side by side: the reference's thumbnail, then the distorted one
     worst = min((r for r in out.values() if r["error"] is None), key=lambda r: r["fr_score"])
     pair = re.search(rf'<div class="pair"><img src="data:image/jpeg[^"]+" alt="reference of {worst["id"]}">', page)

@@ -1,5 +1,5 @@
 """Score a corpus on Ray, one output shard per manifest shard, resumable: with a Q-Align-style LMM (the default), or
-with a full-reference scorer against each row's ref_uri (psnr, ssim, ms-ssim, or a vtamiq model folder).
+with a full-reference scorer against each row's ref_uri (psnr, psnr-y, ssim, ms-ssim, or a vtamiq model folder).
 
 examples:
   qcurate score --manifest manifests/sample --output scores/run1 --model models/onealign
@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="kind of scorer: an LMM reading level words (default), or full-reference against ref_uri",
     )
     p.add_argument(
-        "--model", help="model folder, hub id, or registry entry (folder with CURRENT); not for psnr/ssim/ms-ssim"
+        "--model",
+        help="model folder, hub id, or registry entry (folder with CURRENT); not for psnr/psnr-y/ssim/ms-ssim",
     )
     p.add_argument(
         "--model-revision",

@@ -255,14 +255,15 @@ def _histogram_plot(data: ReportData) -> str:
 
 
 def _against_psnr_plot(data: ReportData) -> str:
-    """The density of (PSNR, score) pairs: where a learned full-reference score agrees with PSNR, and where not."""
+    """The density of (PSNR, score) pairs: where a learned full-reference score agrees with PSNR, and where not. The
+    rows' `psnr` column is over RGB (pipeline.scorers.full_reference), so colour damage moves a pair left."""
     fig = Figure(figsize=(6.0, 3.4), layout="constrained")
     ax = fig.add_subplot()
     counts = np.ma.masked_equal(data.against_psnr.T, 0)  # empty cells stay blank
     x, y = np.linspace(*data.psnr_range, GRID + 1), np.linspace(data.hist.lo, data.hist.hi, GRID + 1)
     mesh = ax.pcolormesh(x, y, counts, cmap="Blues", shading="flat")
     fig.colorbar(mesh, ax=ax, label="pairs")
-    ax.set_xlabel("PSNR (dB, luminance)")
+    ax.set_xlabel("PSNR (dB, over RGB)")
     ax.set_ylabel(f"{data.column} ({data.scorer})")
     ax.set_title("Score against PSNR")
     return _png(fig)
@@ -401,7 +402,9 @@ def render(data: ReportData, out_dir: str) -> str:
         ]
     if data.against_psnr is not None:  # a full-reference scorer's
         density = _against_psnr_plot(data)
-        panels.append(f'<div><h2>Score against PSNR</h2><img id="psnr" src="{density}" alt="score against PSNR"></div>')
+        panels.append(
+            f'<div><h2>Score against PSNR</h2><img id="psnr" src="{density}" alt="score against PSNR over RGB"></div>'
+        )
     panels.append(f"<div><h2>Errors by kind</h2>{errors_html}</div>")
     what = "pairs: reference | distorted, " if data.against_psnr is not None else ""
 

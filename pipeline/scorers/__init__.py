@@ -14,7 +14,7 @@ device step's columns and the kind's constants. The job's stages (pipeline.scori
 filter, the
 report and the evaluation use only this protocol.
 
-Kinds: `lmm` (pipeline.scorers.lmm: an LMM reading level words), `psnr`, `ssim`, `ms-ssim` (classical metrics,
+Kinds: `lmm` (pipeline.scorers.lmm: an LMM reading level words), `psnr`, `psnr-y`, `ssim`, `ms-ssim` (classical metrics,
 pipeline.scorers.full_reference) and `vtamiq` (pipeline.scorers.vtamiq). To add a third kind of scorer, write one
 file here with a class that implements `Kind` and a `create(name, args)` function, and add its name to KINDS;
 nothing else changes.
@@ -85,6 +85,7 @@ def step_columns(kind: Kind) -> list[str]:
 KINDS = {
     "lmm": "lmm",
     "psnr": "full_reference",
+    "psnr-y": "full_reference",
     "ssim": "full_reference",
     "ms-ssim": "full_reference",
     "vtamiq": "vtamiq",

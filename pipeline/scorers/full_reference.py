@@ -1,16 +1,16 @@
 """Full-reference scorers: compare an item with its reference (`ref_uri`). Here the pair's loading, shared by every
-full-reference kind, and the classical metrics `psnr`, `ssim` and `ms-ssim`, computed on CPU
-(pipeline.scorers.classical).
+full-reference kind, and the classical metrics `psnr`, `psnr-y`, `ssim` and `ms-ssim`, computed on CPU
+(pipeline.scorers.classical, which says what each name means).
 
-Every full-reference kind writes `fr_score` (its own score, higher is better) and, beside it, PSNR and SSIM on
-luminance, which cost little next to decoding and are what a curator compares any other score with.
+Every full-reference kind writes `fr_score` (its own score, higher is better) and, beside it, `psnr` (over RGB) and
+`ssim` (on MATLAB rgb2gray), which cost little next to decoding and are what a curator compares any other score with.
 
 A row that cannot be compared gets its own error kind and the job goes on:
     no_reference             the row has no ref_uri (null or empty)
     video_not_supported      the item is a video (full-reference scorers compare images)
     reference_<kind>         the reference failed to load (reference_not_found, reference_decode_error, ...)
     reference_size_mismatch  the reference's size differs from the item's
-    too_small                smaller than the metric's window (MS-SSIM needs 176 px on each side)
+    too_small                smaller than a metric's window (SSIM needs 11 px on each side, MS-SSIM 176)
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ from pipeline.qalign.syllabus import augment
 from pipeline.scorers import Prepared, ScorerArgs, classical
 from schemas.scores import MAX_PSNR, ScoreColumns, fr_columns
 
-# What the classical metrics are, exactly: the `model_revision` of their rows (a change here is a new revision).
-METRIC_REVISION = "fidelity/v1: BT.601 luma; SSIM Gaussian 11x11 sigma 1.5, K 0.01/0.03; MS-SSIM 5 scales"
+# The version of the classical definitions, at the head of every classical row's `model_revision` (with what the
+# row's fr_score is, classical.DEFINITIONS): an output refuses a rerun under another one. v1 computed everything on
+# full-range BT.601 luma (0.299/0.587/0.114, unrounded); v2 is PSNR over RGB and SSIM/MS-SSIM on MATLAB rgb2gray.
+METRIC_VERSION = "fidelity/v2"
+BESIDE = "beside it psnr over RGB and ssim on MATLAB rgb2gray"
 
 
 def load_pair(row: dict, options: MediaOptions, crop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -50,24 +53,25 @@ def load_pair(row: dict, options: MediaOptions, crop: int | None = None) -> tupl
     return reference, item
 
 
-def pair_metrics(reference: np.ndarray, item: np.ndarray) -> dict[str, float]:
-    """PSNR and SSIM of the item against its reference, on luminance."""
-    ref_y, item_y = classical.luminance(reference), classical.luminance(item)
-    return {"psnr": classical.psnr(ref_y, item_y), "ssim": classical.ssim(ref_y, item_y)}
-
-
-def _ms_ssim(reference: np.ndarray, item: np.ndarray) -> float:
+def metric(name: str, reference: np.ndarray, item: np.ndarray) -> float:
+    """The classical metric `name` of the item against its reference; too small for its window: `too_small`."""
     try:
-        return classical.ms_ssim(classical.luminance(reference), classical.luminance(item))
-    except ValueError as e:  # below the five scales' minimum size
+        return classical.METRICS[name](reference, item)
+    except ValueError as e:  # the sizes are checked by load_pair: what is left is a size below the window
         raise MediaError("too_small", str(e)) from e
 
 
-# metric -> (its fr_score from the pair and its PSNR/SSIM, the range of that score)
-SCORES: dict[str, tuple[Callable[[np.ndarray, np.ndarray, dict], float], tuple[float, float]]] = {
-    "psnr": (lambda ref, item, values: values["psnr"], (0.0, MAX_PSNR)),
-    "ssim": (lambda ref, item, values: values["ssim"], (-1.0, 1.0)),
-    "ms-ssim": (lambda ref, item, values: _ms_ssim(ref, item), (0.0, 1.0)),
+def pair_metrics(reference: np.ndarray, item: np.ndarray) -> dict[str, float]:
+    """The `psnr` and `ssim` columns of the item against its reference: PSNR over RGB, SSIM on MATLAB rgb2gray."""
+    return {"psnr": metric("psnr", reference, item), "ssim": metric("ssim", reference, item)}
+
+
+# metric -> the range of its fr_score
+RANGES: dict[str, tuple[float, float]] = {
+    "psnr": (0.0, MAX_PSNR),
+    "psnr-y": (0.0, MAX_PSNR),
+    "ssim": (-1.0, 1.0),
+    "ms-ssim": (0.0, 1.0),
 }
 
 
@@ -75,12 +79,11 @@ SCORES: dict[str, tuple[Callable[[np.ndarray, np.ndarray, dict], float], tuple[f
 class ClassicalMetric:
     """A classical full-reference metric: everything is computed while preparing the row, on CPU."""
 
-    name: str  # psnr | ssim | ms-ssim
+    name: str  # psnr | psnr-y | ssim | ms-ssim
     reads: tuple[str, ...] = ("ref_uri",)
     references: tuple[str, ...] = ("ref_uri",)
     prepared_columns: tuple[str, ...] = ("fr_score", "psnr", "ssim")
     constants: dict[str, str] = field(default_factory=dict)
-    revision: str | None = METRIC_REVISION
     videos_allowed: bool = True  # a video is a row error (video_not_supported), not a refused manifest
     runs_on_device: bool = False
 
@@ -89,19 +92,23 @@ class ClassicalMetric:
         return self.name
 
     @property
+    def revision(self) -> str:
+        """What this kind's rows hold, in words (their `model_revision`): e.g. 'fidelity/v2: PSNR over RGB, ...'."""
+        return f"{METRIC_VERSION}: {classical.DEFINITIONS[self.name]}; {BESIDE}"
+
+    @property
     def columns(self) -> ScoreColumns:
-        return fr_columns(self.name, SCORES[self.name][1])
+        return fr_columns(self.name, RANGES[self.name])
 
     def identity(self) -> dict:
         return {"scorer": self.name, "model": self.model, "model_revision": self.revision}
 
     def preparer(self, options: MediaOptions, crop: int | None = None) -> Callable[[dict], Prepared]:
-        score = SCORES[self.name][0]
-
         def prepare(row: dict) -> Prepared:
             reference, item = load_pair(row, options, crop)
             values = pair_metrics(reference, item)
-            return Prepared(None, {"fr_score": score(reference, item, values), **values})
+            score = values[self.name] if self.name in values else metric(self.name, reference, item)
+            return Prepared(None, {"fr_score": score, **values})
 
         return prepare
 
