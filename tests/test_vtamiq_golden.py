@@ -23,6 +23,9 @@ from pipeline import registry
 from pipeline.models.vtamiq import VTAMIQ, VTAMIQConfig, collate, grid_index, patch_set
 from pipeline.scorers import ScorerArgs
 from pipeline.scorers import vtamiq as vtamiq_kind
+from pipeline.scoring.commit import Output
+from pipeline.scoring.config import JobError
+from pipeline.scoring.plan import check_previous_run
 
 GOLDEN = Path(__file__).parent / "goldens" / "vtamiq_tiny"
 RTOL = 1e-5  # per stage: max |qcurate - original| <= RTOL * max |original|
@@ -122,6 +125,15 @@ def test_the_scorer_turns_a_distortion_into_higher_is_better(imported, models):
     scores = kind.device_step("cpu")(prepared)["fr_score"]
     raw = np.array([EXPECTED[f"multi/{p}/score"].item() for p in RECORD["configs"]["multi"]["pairs"]])
     np.testing.assert_allclose(scores, 1.0 - np.clip(raw, 0, 1), atol=1e-6)
+
+
+def test_an_output_scored_under_the_old_definition_refuses_a_rerun(imported, tmp_path):
+    args = ScorerArgs("golden", registry.resolve(imported["single"]).path, "v0001", "quality", None, None)
+    kind = vtamiq_kind.create("vtamiq", args)
+    old = {"scorer": "vtamiq", "model": "golden", "model_revision": "v0001"}  # what v1 wrote to _run.json
+    (tmp_path / "_run.json").write_text(json.dumps(old))
+    with pytest.raises(JobError, match=r"model_revision='v0001', this run has 'v0001 \(vtamiq/v2"):
+        check_previous_run(Output(str(tmp_path)), kind.identity(), restart=False)
 
 
 def test_a_run_configuration_that_does_not_fit_the_weights_is_refused(tmp_path):
