@@ -10,6 +10,7 @@ the original computed: patches, position and scale indices, ViT features, differ
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from safetensors.torch import load_file
 from jobs import import_model
 from pipeline import registry
 from pipeline.models.vtamiq import VTAMIQ, VTAMIQConfig, collate, grid_index, patch_set
+from pipeline.registry.checkpoint import load_training_checkpoint
 from pipeline.scorers import ScorerArgs
 from pipeline.scorers import vtamiq as vtamiq_kind
 from pipeline.scoring.commit import Output
@@ -143,6 +145,21 @@ def test_a_run_configuration_that_does_not_fit_the_weights_is_refused(tmp_path):
     args = ["--source", str(GOLDEN / "multi.pth"), "--registry", str(tmp_path / "r"), "--name", "x"]
     assert import_model.main([*args, "--original-config", str(tmp_path / "wrong.json")]) == 1
     assert not (tmp_path / "r" / "x").exists() or not list((tmp_path / "r" / "x").glob("v*/version.json"))
+
+
+def test_a_pth_pickled_under_numpy_1_loads(tmp_path):
+    # the published file dates from 2022: its test_accuracy names numpy 1's numpy.core.multiarray.scalar
+    with zipfile.ZipFile(GOLDEN / "multi.pth") as source, zipfile.ZipFile(tmp_path / "np1.pth", "w") as target:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray\nscalar" in data
+                data = data.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")
+            target.writestr(info.filename, data)
+    state, entries = load_training_checkpoint(tmp_path / "np1.pth")
+    assert entries == {"epoch": 3, "test_accuracy": 0.5} and len(state) == len(
+        load_training_checkpoint(GOLDEN / "multi.pth")[0]
+    )
 
 
 def test_a_pth_holding_code_is_refused_without_running_it(tmp_path, capsys):
