@@ -19,8 +19,10 @@ from pipeline.models.vtamiq import (
     cut_patches,
     grid_index,
     is_vtamiq_folder,
+    patches_per_scale,
     prepare_pair,
     sample_positions,
+    scale_count,
     vtamiq_loss,
 )
 
@@ -241,3 +243,46 @@ def test_training_steps_reduce_the_loss_on_photo_pairs(tmp_path, astronaut):
     with torch.no_grad():
         after = loss()
     assert after.item() < before.item() - 1e-3
+
+
+def test_scale_counts_are_the_2022_releases():
+    # what the original's compute_patch_scales(5, h, w, 16, 16) and compute_num_samples(n, s, 1.5) return at 055a4e3
+    # (its counts are coarsest-first; these are scale 0 first)
+    for (h, w), scales in {(512, 384): 5, (131, 97): 3, (64, 80): 3, (40, 300): 2, (1080, 1920): 5}.items():
+        assert scale_count(5, h, w, 16) == scales, (h, w)
+    assert scale_count(1, 512, 512, 16) == 1
+    assert scale_count(5, 28, 28, 16) == 1  # the original asks for 2 scales here and fails: a 14 px copy
+    for (n, s), counts in {
+        (1024, 5): [663, 236, 84, 30, 11],
+        (256, 5): [165, 59, 21, 8, 3],
+        (24, 3): [15, 6, 3],
+        (3, 3): [1, 1, 1],
+        (7, 4): [3, 2, 1, 1],
+    }.items():
+        assert patches_per_scale(n, s, 1.5) == counts, (n, s)
+
+
+def test_positions_follow_the_originals_formula_not_the_centre_over_the_side():
+    # 384 x 512 image, grid 24: cell = floor(24 clamp((y + 8) / (384 - 8), 0, 1 - 1e-6)), likewise x over 504
+    points = np.array([[0, 0], [180, 248], [368, 496]])
+    np.testing.assert_array_equal(grid_index(points, 384, 512, 16, 24), [0 * 24 + 0, 12 * 24 + 12, 23 * 24 + 23])
+    # the old mapping, floor(24 (y + 8) / 384), put the middle patch in cell (11, 12)
+    assert grid_index(points, 384, 512, 16, 24)[1] != 11 * 24 + 12
+
+
+def test_multi_scale_pairs_are_seeded_and_split_by_scale(astronaut):
+    config = VTAMIQConfig(num_patches=64, num_scales=5, scale_embeddings=5)
+    dist = _noisy(astronaut, 20)
+    first, again = prepare_pair(astronaut, dist, config, seed=0), prepare_pair(astronaut, dist, config, seed=0)
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    assert not np.array_equal(first["ref"], prepare_pair(astronaut, dist, config, seed=1)["ref"])
+    counts = np.bincount(first["scales"], minlength=5)
+    assert counts.tolist() == patches_per_scale(64, scale_count(5, 512, 512, 16), 1.5)
+    assert first["ref"].shape == (64, 3, 16, 16) and first["ref"].dtype == np.float32
+    model = VTAMIQ(config).eval()
+    batch = collate([first])
+    with torch.no_grad():
+        with_scales = model(batch["ref"], batch["dist"], batch["positions"], batch["scales"])
+        model.scale_embeddings.data.normal_()
+        moved = model(batch["ref"], batch["dist"], batch["positions"], batch["scales"])
+    assert not torch.equal(with_scales, moved)  # the scale embeddings take part

@@ -1,31 +1,40 @@
 """VTAMIQ: full-reference IQA with a Vision Transformer on sparse patches (Chubarau & Clark 2021, arXiv:2110.01655).
 
-Structure, as in the paper and its code (github.com/ch-andrei/VTAMIQ, 2021 version):
+Structure, as in the paper and its code (github.com/ch-andrei/VTAMIQ; the release the published weights came with is
+commit 055a4e3, April 2022, tests/goldens/vtamiq_tiny/README.md):
 
-1. Reference and distorted images are cut into the same set of N 16x16 patches (positions drawn once per pair).
+1. Reference and distorted images are cut into the same set of N 16x16 patches (positions drawn once per pair). With
+   `num_scales` > 1 some are cut from 2x, 4x, ... average-pooled copies of the pair (multi-scale patches: each a
+   P 2^s square of the image pooled to P x P), as many scales as the image allows, fewer patches at coarser scales.
 2. A ViT-B/16 (transformers' `ViTModel`) embeds each patch with its own patch projection, adds the position embedding
-   of the patch's location, prepends the CLS token (with its position embedding, as ViT does) and runs the encoder and
-   the final layernorm. The CLS output is the image's feature vector.
+   of the patch's location and, with `scale_embeddings`, the embedding of its scale (MUSIQ's); the CLS token gets
+   slot 0 of each table. The encoder and the final layernorm run; the CLS output is the image's feature vector.
 3. The difference-modulation network (DMN) takes d = f_ref - f_dist. With `reference_modulation` (the paper's
    "difference embedding"), a residual group first reads the reference features and its output re-weights the
    difference element-wise, d <- d * G(f_ref); then residual groups of residual channel-attention blocks (RCAN-style)
    and a final linear layer calibrate it.
-4. A regressor Dropout -> Linear(H, H/4) -> PReLU -> Dropout -> Linear(H/4, 1) gives the quality score.
+4. A regressor Dropout -> Linear(H, H/4) -> PReLU -> Dropout -> Linear(H/4, 1) gives the raw score; whether higher
+   means better is the config's `higher_is_better` (the published weights regress distortion: lower is better).
 
 The DMN acts on one vector per image: VTAMIQ's code runs 1x1 convolutions on a Bx768x1x1 map, where a 1x1 convolution
 is a linear layer and the channel attention's global pooling is the identity, so linear layers are used here.
 
-Position mapping: like VTAMIQ, a patch's location is taken relative to its image, so an image of any size maps onto
-the ViT's own position-embedding grid (G x G = image_size / patch_size, 14 x 14 for a 224 ViT): the patch centre
-(y + P/2, x + P/2) scaled by G / H and G / W, floored. A patch cut on the ViT grid of a 224 x 224 image gets exactly the
-embedding ViT gives it. `grid_positions` holds row * G + col (0-based; the model adds 1 to skip the CLS slot).
+Position mapping, as the original computes it: a patch at top-left (y, x) of an H x W image (the pooled image at its
+scale) is at u = clamp((y + P//2) / (H - P//2), 0, 1 - 1e-6), likewise v, in float32; its cell on the ViT's G x G grid
+(G = image_size / patch_size: 24 for the published 384 px) is floor(G u), floor(G v). `positions` hold row * G + col.
 
-Pixels cross the wire as uint8; the model scales them to [0, 1] and normalises with `image_mean` / `image_std`
-(0.5 / 0.5 as google/vit-* preprocessors use; `from_vit` reads the folder's preprocessor_config.json when present).
+Which embeddings a patch gets (`embedding_order`): "patch", each patch its own position and scale; "sampling", as the
+2022 release does (data/patch_sampling.py get_iqa_patches): the patches' pixels are shuffled into random slots while
+positions and scales stay in sampling order, so a patch is given another patch's position and scale. The published
+weights were trained and tested that way; a later release (May 2022) pairs each patch with its own.
+
+Pixels cross the wire as uint8 (float32 0..255 averages with several scales); the model scales them to [0, 1] and
+normalises with `image_mean` / `image_std` (ImageNet's for the published weights).
 
 Parameter names (model.safetensors):
 
     vit.*                               transformers ViTModel (no pooler): embeddings, layers, layernorm
+    scale_embeddings                    [1 + S, H] (row 0 the CLS token's), with scale_embeddings = S > 0
     dmn.modulation.blocks.{b}.*         reference-reading group whose output multiplies the difference (optional)
     dmn.modulation.tail.*
     dmn.groups.{g}.blocks.{b}.act       RCAB: PReLU -> Linear -> channel attention, plus skip
@@ -34,6 +43,8 @@ Parameter names (model.safetensors):
     dmn.groups.{g}.tail                 group: blocks -> Linear, plus group skip
     dmn.tail                            final Linear of the DMN
     regressor.{1,2,4}                   Linear(H, H/4), PReLU, Linear(H/4, 1) (0 and 3 are dropouts)
+
+The authors' own checkpoints import with pipeline.models.vtamiq_original.
 """
 
 from __future__ import annotations
@@ -58,6 +69,7 @@ WEIGHTS_NAME = "model.safetensors"
 # side) mixed with uniform draws is used; 0.75 is about the centre-bias share of the published centre/uniform weights.
 CENTRE_BIAS = 0.75
 CENTRE_SIGMA = 0.25
+EMBEDDING_ORDERS = ("patch", "sampling")
 
 
 @dataclass
@@ -78,6 +90,17 @@ class VTAMIQConfig:
     # The scale of the labels the regressor was trained on (training targets are the MOS mapped onto 0..1 from
     # it; pipeline.training.vtamiq); the scorer maps outputs back onto it.
     score_scale: tuple[float, float] = (0.0, 1.0)
+    higher_is_better: bool = True  # False: the regressor was trained on a distortion (the published weights)
+    num_scales: int = 1  # patch scales asked for (the original's patch_num_scales: 5 published), capped per image
+    scale_samples_ratio: float = 1.5  # patches per scale grow as 2^(ratio k) from the coarsest scale to scale 0
+    scale_embeddings: int = 0  # rows of the scale-embedding table besides the CLS token's (0: none; 5 published)
+    embedding_order: str = "patch"  # "patch" | "sampling" (the 2022 release's pairing; see the module docstring)
+
+    def __post_init__(self) -> None:
+        if self.embedding_order not in EMBEDDING_ORDERS:
+            raise ValueError(f"embedding_order {self.embedding_order!r}: one of {EMBEDDING_ORDERS}")
+        if self.num_scales < 1:
+            raise ValueError(f"num_scales must be at least 1, got {self.num_scales}")
 
     def vit_config(self) -> ViTConfig:
         return ViTConfig.from_dict(self.vit)
@@ -168,7 +191,7 @@ class DifferenceModulation(nn.Module):
 
 
 class VTAMIQ(nn.Module):
-    """ViT features of sparse patch sets -> difference modulation -> quality score (higher = better, as trained)."""
+    """ViT features of sparse patch sets -> difference modulation -> raw quality score (see `higher_is_better`)."""
 
     def __init__(self, config: VTAMIQConfig):
         super().__init__()
@@ -179,6 +202,8 @@ class VTAMIQ(nn.Module):
         self.vit = ViTModel(vit_config, add_pooling_layer=False)
         dim = vit_config.hidden_size
         hidden = config.regressor_hidden or dim // 4
+        if config.scale_embeddings:
+            self.scale_embeddings = nn.Parameter(torch.zeros(1 + config.scale_embeddings, dim))
         self.dmn = DifferenceModulation(config, dim)
         self.regressor = nn.Sequential(
             nn.Dropout(config.dropout),
@@ -194,8 +219,9 @@ class VTAMIQ(nn.Module):
         # transformers 5 keeps the blocks on the model itself, 4.x under .encoder
         return self.vit.layers if hasattr(self.vit, "layers") else self.vit.encoder.layer
 
-    def embed(self, patches: Tensor, grid_positions: Tensor) -> Tensor:
-        """Token embeddings [B, 1 + N, H] (CLS first) of uint8 (or 0..255 float) patches [B, N, 3, P, P]."""
+    def embed(self, patches: Tensor, grid_positions: Tensor, scales: Tensor | None = None) -> Tensor:
+        """Token embeddings [B, 1 + N, H] (CLS first) of uint8 (or 0..255 float) patches [B, N, 3, P, P] at
+        `grid_positions` [B, N] and, with scale embeddings, `scales` [B, N] (None: all at full resolution)."""
         emb = self.vit.embeddings
         b, n = patches.shape[:2]
         weight = emb.patch_embeddings.projection.weight
@@ -203,22 +229,29 @@ class VTAMIQ(nn.Module):
         tokens = emb.patch_embeddings.projection(x.flatten(0, 1)).view(b, n, -1)
         table = emb.position_embeddings[0]  # [1 + G*G, H]: slot 0 is the CLS token's
         tokens = tokens + table[grid_positions.long() + 1]
-        cls = (emb.cls_token[0, 0] + table[0]).expand(b, 1, -1)
-        return emb.dropout(torch.cat([cls, tokens], dim=1))
+        cls = emb.cls_token[0, 0] + table[0]
+        if self.config.scale_embeddings:
+            scale_index = torch.zeros_like(grid_positions) if scales is None else scales
+            # the original clamps to its table, whose row 0 is the CLS token's
+            tokens = tokens + self.scale_embeddings[scale_index.long().clamp(0, self.config.scale_embeddings - 1) + 1]
+            cls = cls + self.scale_embeddings[0]
+        return emb.dropout(torch.cat([cls.expand(b, 1, -1), tokens], dim=1))
 
-    def features(self, patches: Tensor, grid_positions: Tensor) -> Tensor:
+    def features(self, patches: Tensor, grid_positions: Tensor, scales: Tensor | None = None) -> Tensor:
         """CLS feature [B, H] after the encoder and the final layernorm."""
-        hidden = self.embed(patches, grid_positions)
+        hidden = self.embed(patches, grid_positions, scales)
         for layer in self._layers():
             hidden = layer(hidden)
         return self.vit.layernorm(hidden)[:, 0]
 
-    def forward(self, ref: Tensor, dist: Tensor, grid_positions: Tensor) -> Tensor:
-        """Scores [B] (float32) of pairs of patch sets [B, N, 3, P, P] cut at the same `grid_positions` [B, N]."""
+    def forward(self, ref: Tensor, dist: Tensor, grid_positions: Tensor, scales: Tensor | None = None) -> Tensor:
+        """Raw scores [B] (float32) of pairs of patch sets [B, N, 3, P, P] cut at the same `grid_positions` [B, N]
+        (and `scales` [B, N]; None: all at full resolution)."""
         if ref.shape != dist.shape:
             raise ValueError(f"reference and distorted patches differ in shape: {ref.shape} vs {dist.shape}")
         # one pass through the backbone for both images of every pair
-        both = self.features(torch.cat([ref, dist]), torch.cat([grid_positions, grid_positions]))
+        both_scales = None if scales is None else torch.cat([scales, scales])
+        both = self.features(torch.cat([ref, dist]), torch.cat([grid_positions, grid_positions]), both_scales)
         f_ref, f_dist = both.chunk(2)
         x = self.dmn(f_ref - f_dist, f_ref)
         return self.regressor(x).squeeze(-1).float()
@@ -326,23 +359,116 @@ def sample_positions(
 
 
 def grid_index(positions: np.ndarray, height: int, width: int, patch_size: int, grid_size: int) -> np.ndarray:
-    """Index row * G + col [N] on the ViT's G x G position-embedding grid of patches at top-left `positions` [N, 2]:
-    the patch centre's location relative to the image, scaled to the grid."""
-    centre = positions.astype(np.float64) + patch_size / 2.0
-    cell = np.floor(centre * grid_size / np.array([height, width])).astype(np.int64)
-    cell = np.clip(cell, 0, grid_size - 1)
+    """Index row * G + col [N] on the ViT's G x G position-embedding grid of patches at top-left `positions` [N, 2]
+    of a height x width image, as the original computes it (data/patch_sampling.py, UvPosEmbedding): the patch
+    centre over (side - P//2), clamped below 1, in float32, times G, floored."""
+    half = patch_size // 2
+    uv = (positions.astype(np.float64) + half) / np.array([height - half, width - half], np.float64)
+    # the original clamps in float64, stores the result in a float32 tensor and multiplies by G there
+    uv = np.clip(uv, 0.0, 1.0 - 1e-6).astype(np.float32)
+    cell = np.floor(uv * np.float32(grid_size)).astype(np.int64)
     return cell[:, 0] * grid_size + cell[:, 1]
 
 
-def cut_patches(image: np.ndarray, positions: np.ndarray, patch_size: int) -> np.ndarray:
-    """Patches [N, 3, P, P] uint8 of an HxWx3 (or HxW grey) uint8 image at top-left `positions` [N, 2]."""
+def scale_count(num_scales: int, height: int, width: int, patch_size: int) -> int:
+    """How many of `num_scales` scales an image allows: as the 2022 release's compute_patch_scales, the count of
+    times (side - P) / 2 can be taken from the shorter side before it falls to 1 or below, plus one; and, where
+    the original would fail (a pooled copy smaller than one patch: shorter sides of 21-31 px at P = 16), fewer."""
+    if num_scales <= 1:
+        return 1
+    side, allowed = float(min(height, width)), 1
+    while (side := (side - patch_size) / 2) > 1:
+        allowed += 1
+    while allowed > 1 and min(height, width) >> (allowed - 1) < patch_size:
+        allowed -= 1
+    return min(allowed, num_scales)
+
+
+def patches_per_scale(num_patches: int, num_scales: int, ratio: float) -> list[int]:
+    """Patches at scales 0 (full resolution), 1, ...: the 2022 release's compute_num_samples, in which the counts
+    grow as 2^(ratio k) from the coarsest scale, are rounded up and trimmed from the coarsest to add up to N."""
+    counts = 2 ** (ratio * np.arange(num_scales))
+    counts = np.ceil(counts * num_patches / np.sum(counts)).astype(int)
+    total = np.cumsum(counts)
+    for i in range(num_scales):
+        if num_patches <= total[i]:
+            counts[i] -= total[i] - num_patches
+            counts[i + 1 :] = 0
+            break
+    return [int(c) for c in counts[::-1]]
+
+
+def cut_patches(image: np.ndarray, positions: np.ndarray, patch_size: int, scale: int = 0) -> np.ndarray:
+    """Patches [N, 3, P, P] of an HxWx3 (or HxW grey) uint8 image at top-left `positions` [N, 2] of its scale-s
+    copy (2^s x 2^s average pooling, as the original's repeated AvgPool2d(2), which drops odd last rows and
+    columns): uint8 at scale 0, float32 averages (exact: sums of 4^s bytes over 4^s) above."""
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
-    offsets = np.arange(patch_size)
-    rows = positions[:, 0, None] + offsets  # [N, P]
-    cols = positions[:, 1, None] + offsets
-    patches = image[rows[:, :, None], cols[:, None, :]]  # [N, P, P, 3]
+    factor = 1 << scale
+    offsets = np.arange(patch_size * factor)
+    rows = positions[:, 0, None] * factor + offsets  # [N, P 2^s]
+    cols = positions[:, 1, None] * factor + offsets
+    patches = image[rows[:, :, None], cols[:, None, :]]  # [N, P 2^s, P 2^s, 3]
+    if scale:
+        n = len(positions)
+        blocks = patches.reshape(n, patch_size, factor, patch_size, factor, 3).astype(np.float64)
+        patches = blocks.mean(axis=(2, 4)).astype(np.float32)
     return np.ascontiguousarray(patches.transpose(0, 3, 1, 2))
+
+
+def sample_scales(
+    height: int,
+    width: int,
+    config: VTAMIQConfig,
+    rng: np.random.Generator | None = None,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Top-left pixels [N_s, 2] of the patches at each scale s the image allows, in the pixels of its scale-s copy;
+    drawn as `sample_positions` does (scale s of the inference grid with seed + s)."""
+    scales = scale_count(config.num_scales, height, width, config.patch_size)
+    counts = patches_per_scale(config.num_patches, scales, config.scale_samples_ratio)
+    samples = []
+    for s, count in enumerate(counts):
+        h, w = height >> s, width >> s  # the pooled copy's size: each halving drops an odd last row or column
+        if count:
+            samples.append(sample_positions(h, w, count, config.patch_size, rng=rng, seed=seed + s))
+        else:
+            samples.append(np.zeros((0, 2), np.int64))
+    return samples
+
+
+def patch_set(
+    ref: np.ndarray,
+    dist: np.ndarray,
+    samples: list[np.ndarray],
+    config: VTAMIQConfig,
+    slots: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The model inputs of a pair from its samples (top-left pixels per scale, `sample_scales`): {"ref", "dist":
+    [N, 3, P, P] patches, "positions": [N] grid indices, "scales": [N] scale indices}. With embedding_order
+    "sampling", the pixels of sample n go to slot `slots[n]` (a permutation) while positions and scales stay in
+    sampling order, as the 2022 release does; with "patch", every slot holds one sample's pixels and embeddings."""
+    if ref.shape != dist.shape:
+        raise ValueError(f"reference and distorted sizes differ: {ref.shape} vs {dist.shape}")
+    height, width = ref.shape[:2]
+    patches: dict[str, list[np.ndarray]] = {"ref": [], "dist": []}
+    positions, scales = [], []
+    for s, points in enumerate(samples):
+        for key, image in (("ref", ref), ("dist", dist)):
+            patches[key].append(cut_patches(image, points, config.patch_size, s))
+        positions.append(grid_index(points, height >> s, width >> s, config.patch_size, config.grid_size))
+        scales.append(np.full(len(points), s, np.int64))
+    # one dtype for every pair of a model: a batch stacks them
+    dtype = np.uint8 if config.num_scales == 1 else np.float32
+    out = {key: np.concatenate(parts).astype(dtype, copy=False) for key, parts in patches.items()}
+    if config.embedding_order == "sampling":
+        if slots is None:
+            raise ValueError('embedding_order "sampling" needs the slots the samples\' pixels go to')
+        for key in ("ref", "dist"):
+            shuffled = np.empty_like(out[key])
+            shuffled[slots] = out[key]
+            out[key] = shuffled
+    return {**out, "positions": np.concatenate(positions), "scales": np.concatenate(scales)}
 
 
 def prepare_pair(
@@ -352,22 +478,22 @@ def prepare_pair(
     rng: np.random.Generator | None = None,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Patches of a reference / distorted pair cut at the same positions: {"ref", "dist": [N, 3, P, P] uint8,
-    "positions": [N] int64 grid indices}. `rng` draws training positions; None uses the seeded grid."""
+    """Patches of a reference / distorted pair cut at the same positions (`patch_set`). `rng` draws training
+    positions; None uses the grid seeded with `seed`, so a pair and a seed always give the same patches."""
     if ref.shape != dist.shape:
         raise ValueError(f"reference and distorted sizes differ: {ref.shape} vs {dist.shape}")
-    height, width = ref.shape[:2]
-    positions = sample_positions(height, width, config.num_patches, config.patch_size, rng=rng, seed=seed)
-    return {
-        "ref": cut_patches(ref, positions, config.patch_size),
-        "dist": cut_patches(dist, positions, config.patch_size),
-        "positions": grid_index(positions, height, width, config.patch_size, config.grid_size),
-    }
+    samples = sample_scales(ref.shape[0], ref.shape[1], config, rng=rng, seed=seed)
+    slots = None
+    if config.embedding_order == "sampling":
+        order_rng = rng if rng is not None else np.random.default_rng([seed, 1])  # not the grid's own stream
+        slots = order_rng.permutation(sum(len(points) for points in samples))
+    return patch_set(ref, dist, samples, config, slots)
 
 
 def collate(prepared: list[dict]) -> dict[str, Tensor]:
-    """Stack prepared pairs into a batch: ref / dist [B, N, 3, P, P] uint8, positions [B, N] int64."""
-    return {key: torch.from_numpy(np.stack([item[key] for item in prepared])) for key in ("ref", "dist", "positions")}
+    """Stack prepared pairs into a batch: ref / dist [B, N, 3, P, P], positions and scales [B, N] int64."""
+    keys = ("ref", "dist", "positions", "scales")
+    return {key: torch.from_numpy(np.stack([item[key] for item in prepared])) for key in keys}
 
 
 def _rank_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:

@@ -7,6 +7,7 @@ folder to use). Remote folders and hub snapshots become local folders of safeten
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -222,31 +223,83 @@ def remove_run(entry: str, run_id: str) -> None:
 # Versions imported from published checkpoints (jobs/import_model.py)
 
 
+def is_original_vtamiq(source: str) -> bool:
+    """Whether `source` names a `.pth` file of the VTAMIQ authors' code (pipeline.models.vtamiq_original)."""
+    return source.endswith(".pth")
+
+
+def _original_vtamiq(source: str, original: dict | None, work: Path) -> tuple[Path, str]:
+    """The authors' VTAMIQ `.pth` (local or any fsspec URL), read safely, as a VTAMIQ folder under `work` with an
+    original.json beside it (the run configuration, the output's polarity, the checkpoint's own entries); and the
+    file's digest, its revision."""
+    from pipeline.models.vtamiq_original import ORIGINAL_PUBLISHED, from_original
+
+    local = work / "original.pth"
+    fs, remote = store.filesystem(source)
+    store.retry(lambda: fs.get_file(remote, str(local)), f"download {source}")
+    digest = "sha256:" + hashlib.sha256(local.read_bytes()).hexdigest()[:16]
+    state, entries = checkpoint.load_training_checkpoint(local)
+    local.unlink()
+    model = from_original(state, original)
+    folder = work / "model"
+    model.save(folder)
+    record = {
+        "source": source,
+        "source_digest": digest,
+        "run_configuration": original or ORIGINAL_PUBLISHED,
+        "higher_is_better": model.config.higher_is_better,
+        "checkpoint_entries": entries,
+    }
+    (folder / "original.json").write_text(json.dumps(record, indent=2) + "\n")
+    return folder, digest
+
+
 def import_checkpoint(
-    source: str, registry: str, name: str, revision: str | None = None, promote: bool = False, log=console.say
+    source: str,
+    registry: str,
+    name: str,
+    revision: str | None = None,
+    promote: bool = False,
+    log=console.say,
+    original: dict | None = None,
 ) -> tuple[str, dict]:
-    """Write a published checkpoint (hub id, or a folder: local or any fsspec URL) as a new immutable safetensors
-    version of `<registry>/<name>`; `.bin` weights are converted safely on the way (pipeline.registry.checkpoint),
-    remote
-    code is left behind. The entry's first version becomes CURRENT; a later one only with `promote`.
-    Returns (version, its version.json record)."""
+    """Write a published checkpoint (hub id, or a folder: local or any fsspec URL; or the VTAMIQ authors' `.pth`,
+    configured by `original`, their run configuration, default the published one) as a new immutable safetensors
+    version of `<registry>/<name>`; `.bin` and `.pth` weights are read safely on the way (weights_only,
+    pipeline.registry.checkpoint), remote code is left behind. The entry's first version becomes CURRENT; a later
+    one only with `promote`. Returns (version, its version.json record)."""
     import tempfile
     from datetime import datetime, timezone
 
-    ref = resolve(source, revision)
-    if checkpoint.is_hub_id(source):
-        log(f"import: {source} at commit {ref.revision}")
-    folder = Path(checkpoint.local_folder(ref.path))
     entry = entry_url(registry, name)
-    with tempfile.TemporaryDirectory(prefix="qcurate-import-") as staging:
+    with tempfile.TemporaryDirectory(prefix="qcurate-import-") as work:
+        if is_original_vtamiq(source):
+            if revision:
+                raise ValueError(f"--revision {revision!r}: a .pth file has no revisions (its digest is recorded)")
+            folder, source_revision = _original_vtamiq(source, original, Path(work))
+            base = {"path": source, "revision": source_revision}
+        else:
+            if original is not None:
+                raise ValueError("a run configuration of the original VTAMIQ applies to its .pth files only")
+            ref = resolve(source, revision)
+            if checkpoint.is_hub_id(source):
+                log(f"import: {source} at commit {ref.revision}")
+            folder, source_revision = Path(checkpoint.local_folder(ref.path)), ref.revision
+            base = {"path": ref.path, "revision": ref.revision}
+        staging = Path(work) / "staging"
+        staging.mkdir()
         # Link (not copy) the files to upload: the weights may be many GB. Never pickles or remote code.
         for path in sorted(folder.iterdir()):
-            if path.is_file() and path.suffix not in (".bin", ".py", ".pyc", ".lock") and not path.name.startswith("."):
-                os.symlink(path.resolve(), os.path.join(staging, path.name))
-        digest = weights_digest(staging)
+            if (
+                path.is_file()
+                and path.suffix not in (".bin", ".pth", ".py", ".pyc", ".lock")
+                and not path.name.startswith(".")
+            ):
+                os.symlink(path.resolve(), staging / path.name)
+        digest = weights_digest(str(staging))
         version = next_version_name(entry)
         log(f"import: uploading {len(os.listdir(staging))} files to {entry}/{version}")
-        upload_version(entry, version, staging)
+        upload_version(entry, version, str(staging))
     current = current_version(entry)
     promoted = current is None or promote
     reason = (
@@ -257,9 +310,9 @@ def import_checkpoint(
     record = {
         "method": "import",
         "source": source,
-        "source_revision": ref.revision,
+        "source_revision": source_revision,
         "digest": digest,
-        "base_model": {"path": ref.path, "revision": ref.revision},
+        "base_model": base,
         "parent": None,
         "seen_shards": {},
         "code_version": code_version(),

@@ -127,6 +127,43 @@ def load_bin(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _numpy_scalar_globals() -> list:
+    """What a pickled numpy float (a metric logged beside the weights) needs, by its numpy 1 and numpy 2 names:
+    the scalar reconstructor and dtypes. Nothing else is allowed in."""
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    dtypes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]
+    return [
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+        *dtypes,
+    ]
+
+
+def load_training_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A training script's checkpoint, {"model_state_dict": tensors, other entries: numbers}, as the authors of
+    VTAMIQ (pipeline.models.vtamiq_original) save it: read with weights_only (tensors, containers, numbers and numpy
+    scalars; nothing in it runs). Returns the state dict and the other entries as plain numbers."""
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsafeCheckpointError(
+            f"{path}: refused: the pickle holds more than tensors and numbers ({first}); it was not run"
+        ) from None
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {e}") from None
+    state = data.get("model_state_dict") if isinstance(data, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = list(data)[:6] if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{path}: no model_state_dict of tensors (found: {found})")
+    meta = {k: v.item() if hasattr(v, "item") else v for k, v in data.items() if k != "model_state_dict"}
+    return dict(state), meta
+
+
 def convert_folder(source: Path, target: Path) -> None:
     """Write `source` (a `.bin` checkpoint) to `target` as safetensors: the same tensors, names, dtypes and shard
     split (so peak memory is one source shard, read memory-mapped), plus the metadata files (config, tokenizer,

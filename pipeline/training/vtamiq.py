@@ -153,6 +153,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     model = VTAMIQ.load(registry.local_path(config["parent"]), "cpu", torch.float32).train()
     model.config.score_scale = tuple(config["score_scale"])  # what the export records
+    # the targets are MOS on 0..1, higher = better, whatever the parent regressed (the published weights: distortion)
+    model.config.higher_is_better = True
     source = PairSource(config["rows"])
     usable, skipped = _usable(source, rank, world)
     if skipped and rank == 0 and console is not None:
@@ -185,7 +187,7 @@ def train_loop_per_worker(config: dict) -> None:
             batch = {k: v.to(device) for k, v in collate(items).items()}
             target = torch.tensor([e["target"] for e in items], device=device)
             with autocast:
-                pred = ddp(batch["ref"], batch["dist"], batch["positions"])
+                pred = ddp(batch["ref"], batch["dist"], batch["positions"], batch["scales"])
             loss = vtamiq_loss(pred, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
