@@ -3,9 +3,10 @@
 - tests/goldens/qalign_video_tiny: Q-Future/Q-Align's `load_video` + `QAlignVideoScorer` on three real mp4s (10 fps,
   29.97 fps, a 1.2 s portrait clip), on the tiny mPLUG-Owl2 of ../shared/golden/owl2_tiny (or $OWL2_GOLDEN) with
   the golden's tokenizer: the frames (1 fps, whole seconds, rounded down) and the five level probabilities.
-- tests/goldens/deqa_tiny: zhiyuanyou/DeQA-Score's `Scorer` on a tiny checkpoint in DeQA-Score-Mix3's published
-  layout (pickled bf16 shards, SentencePiece tokenizer, its CLIP-448 preprocessor) and six images of different sizes
-  and aspect ratios, greyscale included.
+- tests/goldens/deqa_tiny: zhiyuanyou/DeQA-Score's `Scorer` (the `q-align` recipe) and its evaluation script
+  `iqa_eval.py` (the `q-align-eval` recipe) on a tiny checkpoint in DeQA-Score-Mix3's published layout (pickled bf16
+  shards, SentencePiece tokenizer, its CLIP-448 preprocessor) and six images of different sizes and aspect ratios,
+  greyscale included.
 
 Probabilities within 2e-4 and scores within 1e-3 (float32, CPU). The score is compared on the scale the output
 shard declares, the reference's mapped onto it (Q-Align's scorer.py weights 1..0, DeQA-Score's 5..1).
@@ -14,7 +15,6 @@ shard declares, the reference's mapped onto it (Q-Align's scorer.py weights 1..0
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +24,10 @@ import pytest
 
 from pipeline.corpora.shards import write_manifest
 from pipeline.infra.media import MediaOptions, load_media
+from pipeline.models import owl2_family
+from pipeline.models.owl2 import tokenize_prompt
+from pipeline.qalign import recipes
+from pipeline.qalign.levels import DEFAULT_LEVELS
 from pipeline.scoring.job import JobConfig, run
 from schemas.scores import ScoreColumns
 
@@ -54,11 +58,14 @@ def video_checkpoint(tmp_path_factory) -> Path:
     return folder
 
 
-def score_with_job(rows: list[dict], model: Path, tmp_path: Path) -> tuple[dict[str, dict], tuple[float, float]]:
+def score_with_job(
+    rows: list[dict], model: Path, tmp_path: Path, recipe: str | None = None
+) -> tuple[dict[str, dict], tuple[float, float]]:
     """Run the scoring job; its rows by id and the score range its shard declares."""
     manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
     write_manifest(rows, manifest, num_shards=1)
-    run(JobConfig(manifest=manifest, output=output, model=str(model), batch_size=4, max_error_rate=0.0))
+    config = JobConfig(manifest, output, str(model), batch_size=4, max_error_rate=0.0, prompt_recipe=recipe)
+    run(config)
     table = pq.read_table(Path(output) / "part-00000.parquet")
     return {r["id"]: r for r in table.to_pylist()}, ScoreColumns.of(table.schema).score_range
 
@@ -73,6 +80,23 @@ def check_row(row: dict, probs: list[float], unit_score: float, score_range: tup
     want = lo + (hi - lo) * unit_score
     assert abs(row["score"] - want) <= SCORE_ATOL, f"{what}: score {row['score']} vs the reference's {want}"
     return max(diffs)
+
+
+def test_prompts_and_level_ids_are_the_references():
+    """Each recipe's prompt, tokenized by qcurate (transformers 5) from the golden's tokenizer files, gives the ids
+    the reference's slow SentencePiece tokenizer gave (transformers 4.36.1), and the same level ids."""
+    video, deqa = expected(VIDEO), expected(DEQA)
+    processor = owl2_family.load_processor(str(DEQA / deqa["checkpoint"]))  # the same tokenizer files as VIDEO's
+    cases = [
+        (recipes.Q_ALIGN, "video", video["prompt"], video["input_ids"], video["level_ids"]),
+        (recipes.Q_ALIGN, "image", deqa["scorer_prompt"], deqa["scorer_input_ids"], deqa["level_ids"]),
+        (recipes.Q_ALIGN_EVAL, "image", deqa["iqa_eval_prompt"], deqa["iqa_eval_input_ids"], deqa["level_ids"]),
+    ]
+    for recipe, media_type, text, ids, level_ids in cases:
+        prompt = recipe.prompt("quality", media_type)
+        assert owl2_family.render_prompt(processor, prompt.question, prompt.answer_prefix, 1, recipe) == text
+        assert tokenize_prompt(text, processor.tokenizer) == ids, (recipe.name, media_type, text)
+        assert recipe.level_ids(processor.tokenizer, prompt.answer_prefix, DEFAULT_LEVELS) == level_ids
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -107,17 +131,19 @@ def test_video_scores_match_q_aligns_video_scorer(ray_cluster, video_checkpoint,
 
 
 @pytest.mark.slow
-def test_deqa_scores_match_its_scorer(ray_cluster, tmp_path):
+@pytest.mark.parametrize(
+    "recipe, path",
+    [(None, "scorer"), ("q-align-eval", "iqa_eval")],  # None: the checkpoint's own (model_type mplug_owl2: q-align)
+)
+def test_deqa_scores_match_its_code(ray_cluster, tmp_path, recipe, path):
     golden = expected(DEQA)
     checkpoint = DEQA / golden["checkpoint"]
     assert (checkpoint / "pytorch_model.bin.index.json").is_file(), f"golden checkpoint missing: {checkpoint}"
     lo, hi = min(golden["weights"]), max(golden["weights"])
     rows = [{"id": n, "uri": str(DEQA / "images" / n), "media_type": "image"} for n in golden["images"]]
-    scored, score_range = score_with_job(rows, checkpoint, tmp_path)
+    scored, score_range = score_with_job(rows, checkpoint, tmp_path, recipe)
     assert {ref["mode"] for ref in golden["images"].values()} >= {"L", "RGB"}  # greyscale is among them
-    worst = 0.0
     for name, ref in golden["images"].items():
         assert scored[name]["frames"] == 1
-        unit = (ref["scorer"]["score"] - lo) / (hi - lo)  # DeQA-Score's Scorer: weights 5..1, a 1..5 score
-        worst = max(worst, check_row(scored[name], ref["scorer"]["probs"], unit, score_range, name))
-    assert math.isfinite(worst)
+        unit = (ref[path]["score"] - lo) / (hi - lo)  # DeQA-Score's weights are 5..1: a 1..5 score
+        check_row(scored[name], ref[path]["probs"], unit, score_range, f"{name} ({path})")
