@@ -35,7 +35,7 @@ def write(path: Path, fps: Fraction, n: int, size: tuple[int, int]) -> None:
     with av.open(str(path), "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": "26", "preset": "medium", "threads": "1"}  # one thread: the same bytes each run
+        stream.options = {"crf": "26", "preset": "medium", "threads": "1"}  # x264: one thread
         for i in range(n):
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame(i, w, h), format="rgb24")):
                 out.mux(packet)

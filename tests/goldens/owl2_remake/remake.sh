@@ -9,15 +9,20 @@
 #   OWL2_TINY_DIR  shared/golden/owl2_tiny (config.json, model.safetensors, preprocessor_config.json)
 #   OUT_DIR     tests/goldens
 set -euo pipefail
-PY=$1 TF=$2 QA=$3 DQ=$4 OWL2=$5 OUT=$6
+dir() { mkdir -p "$1" && (cd "$1" && pwd); }  # absolute, as the scripts run from this folder
+case $1 in /*) PY=$1 ;; *) PY=$PWD/$1 ;; esac  # not resolved: a venv's python is a symlink
+TF=$(dir "$2") QA=$(dir "$3") DQ=$(dir "$4") OWL2=$(dir "$5") OUT=$(dir "$6")
 HERE=$(cd "$(dirname "$0")" && pwd)
 V=$OUT/qalign_video_tiny D=$OUT/deqa_tiny
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-"$PY" "$HERE/make_tokenizer.py" "$V/tokenizer" "$DQ/preprocessor"
-"$PY" "$HERE/make_videos.py" "$V/videos"
+# Inputs (tokenizer, videos, images, the DeQA checkpoint) are made only where missing: the expected numbers are
+# remade from the committed inputs. Delete an input folder to make it anew (x264's output is not byte-stable from one
+# run to the next, so new videos mean new expected numbers).
+[ -d "$V/tokenizer" ] || "$PY" "$HERE/make_tokenizer.py" "$V/tokenizer" "$DQ/preprocessor"
+[ -d "$V/videos" ] || "$PY" "$HERE/make_videos.py" "$V/videos"
 # The checkpoint Q-Align's scorer loads: owl2_tiny's weights, config and processor, plus this tokenizer.
 mkdir -p "$TMP/ck"
 cp "$OWL2/config.json" "$OWL2/model.safetensors" "$OWL2/preprocessor_config.json" "$V"/tokenizer/* "$TMP/ck/"
@@ -31,6 +36,7 @@ QA_COMMIT=$(git -C "$QA" rev-parse HEAD 2>/dev/null || echo "${QALIGN_COMMIT:?se
 DQ_COMMIT=$(git -C "$DQ" rev-parse HEAD 2>/dev/null || echo "${DEQA_COMMIT:?set DEQA_COMMIT}")
 (cd "$HERE" && HF_HOME=$TMP/hf PYTHONPATH=$TF:$QA:$HERE "$PY" run_qalign_video.py "$TMP/ck" "$V/videos" "$V/expected.json" "$QA_COMMIT")
 
-"$PY" "$HERE/make_images.py" "$D/images"
-(cd "$HERE" && PYTHONPATH=$TF:$DQ:$HERE "$PY" make_deqa_checkpoint.py "$D/DeQA-Score-Mix3-tiny" "$V/tokenizer" "$DQ/preprocessor")
+[ -d "$D/images" ] || "$PY" "$HERE/make_images.py" "$D/images"
+[ -d "$D/DeQA-Score-Mix3-tiny" ] ||
+    (cd "$HERE" && PYTHONPATH=$TF:$DQ:$HERE "$PY" make_deqa_checkpoint.py "$D/DeQA-Score-Mix3-tiny" "$V/tokenizer" "$DQ/preprocessor")
 (cd "$HERE" && PYTHONPATH=$TF:$DQ:$HERE "$PY" run_deqa.py "$D/DeQA-Score-Mix3-tiny" "$D/images" "$D/expected.json" "$DQ_COMMIT")
