@@ -257,7 +257,8 @@ def test_exif_orientation_is_applied(zoo):
 
 @pytest.mark.parametrize(
     "sample_fps, expected",
-    [(1.0, [0, 10, 20, 30, 40]), (2.0, [0, 5, 10, 15, 20, 25, 30, 35, 40]), (0.25, [0, 40])],
+    # 45 frames at 10 fps (4.5 s): whole periods only, so no frame for the started fifth second (Q-Align's rule)
+    [(1.0, [0, 10, 20, 30]), (2.0, [0, 5, 10, 15, 20, 25, 30, 35, 40]), (0.25, [0])],
 )
 def test_video_sampling(counting_video, sample_fps, expected):
     item = load_media(counting_video, "video", MediaOptions(sample_fps=sample_fps))
@@ -275,7 +276,7 @@ def test_frame_cap_subsamples_uniformly(counting_video):
     assert item.frame_indices == [0, 15, 29, 44]
     assert [frame_number(f) for f in item.frames] == [0, 15, 29, 44]
     capped = load_media(counting_video, "video", MediaOptions(sample_fps=1.0, max_frames=3))
-    assert capped.frame_indices == [0, 20, 40]
+    assert capped.frame_indices == [0, 20, 30]  # a uniform subset of the 1 fps frames 0, 10, 20, 30
 
 
 def test_short_video_gives_one_frame(zoo):
@@ -288,8 +289,17 @@ def test_sample_frame_indices_rules():
     one_fps = MediaOptions(sample_fps=1.0)
     assert sample_frame_indices(72, 24.0, one_fps) == [0, 24, 48]
     assert sample_frame_indices(30, 29.97, one_fps) == [0]
-    # Rounding is half-up: a step of 2.5 frames gives 0, 3, 5, 8, 10 (not banker's 0, 2, 5, 8, 10).
-    assert sample_frame_indices(11, 5.0, MediaOptions(sample_fps=2.0)) == [0, 3, 5, 8, 10]
+    # Q-Align's load_video: int(fps * i) for whole seconds only, so 29.97 fps gives 29, 59 (not 30, 60) and a
+    # 2.5 s video no third frame.
+    ntsc = 30000 / 1001
+    assert (
+        sample_frame_indices(126, ntsc, one_fps) == [int(ntsc * i) for i in range(int(126 / ntsc))] == [0, 29, 59, 89]
+    )
+    assert sample_frame_indices(25, 10.0, one_fps) == [0, 10]
+    # Other rates the same way: a step of 2.5 frames gives 0, 2, 5, 7 (rounded down, the started period dropped).
+    assert sample_frame_indices(11, 5.0, MediaOptions(sample_fps=2.0)) == [0, 2, 5, 7]
+    # Shorter than one period: frame 0 (the reference has no frame at all).
+    assert sample_frame_indices(4, 8.0, one_fps) == [0]
     # Sampling faster than the native rate takes each frame once.
     assert sample_frame_indices(5, 2.0, MediaOptions(sample_fps=30.0)) == [0, 1, 2, 3, 4]
     # Unknown fps: spread uniformly over the video, within the cap.

@@ -51,8 +51,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-scorers", type=int, help="scorer actors (default: one per GPU, 1 without GPUs)")
     p.add_argument("--gpus-per-scorer", type=float, default=1.0)
-    p.add_argument("--fps", type=float, default=1.0, help="video frames sampled per second")
-    p.add_argument("--max-frames", type=int, default=16, help="frame cap per video (uniform subsampling)")
+    p.add_argument(
+        "--fps", type=float, default=1.0, help="video frames sampled per second (Q-Align's rule: whole seconds only)"
+    )
+    p.add_argument(
+        "--max-frames",
+        type=int,
+        default=16,
+        help="frame cap per video: more sampled frames are thinned uniformly (Q-Align has no cap; a video within "
+        "the cap gets exactly its frames)",
+    )
     p.add_argument(
         "--no-draft",
         dest="draft",

@@ -94,7 +94,8 @@ class Media:
 @dataclass(frozen=True)
 class MediaOptions:
     sample_fps: float = 1.0  # video sampling rate
-    max_frames: int = 16  # cap: uniform subsampling over the sampled frames when exceeded
+    # Cap (a deviation from Q-Align, which has none): a video with more sampled frames keeps a uniform subset of them.
+    max_frames: int = 16
     # Instead of sampling at sample_fps: this many frames spread uniformly over the whole video (Q-ReAlign's 8).
     uniform_frames: int | None = None
     max_pixels: int = 64_000_000  # more pixels than this: refused from the header (decompression bombs)
@@ -585,9 +586,15 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
 def sample_frame_indices(num_frames: int, native_fps: float | None, options: MediaOptions) -> list[int]:
     """Source frame indices at `sample_fps`, then capped to `max_frames` by uniform subsampling.
 
-    Index i is round_half_up(i * native_fps / sample_fps), so 1 fps on a 24 fps video gives 0, 24, 48, ...
-    A video shorter than one sampling period still gives frame 0. Without a usable native fps, the frames are
-    spread uniformly over the whole video. With `uniform_frames`, that many frames spread uniformly, whatever the fps.
+    The rule of Q-Align's own video loader (`load_video`, q_align/evaluate/scorer.py), at any rate: with
+    step = native_fps / sample_fps, the frames int(i * step) for i in range(int(num_frames / step)): whole sampling
+    periods only (a started one adds no frame), indices rounded down. 1 fps on 29.97 fps gives 0, 29, 59, ...; a
+    2.5 s video gives 2 frames (tests/goldens/qalign_video_tiny). Two deviations, both outside what the reference
+    can do: a video shorter than one period still gives frame 0 (the reference has no frame and fails), and the
+    `max_frames` cap (the reference has none and runs out of memory on long videos) keeps a uniform subset of those
+    frames, so a video within the cap gets exactly the reference's frames. Without a usable native fps, the frames
+    are spread uniformly over the whole video. With `uniform_frames`, that many frames spread uniformly, whatever
+    the fps.
     """
     if num_frames <= 0:
         return []
@@ -597,11 +604,11 @@ def sample_frame_indices(num_frames: int, native_fps: float | None, options: Med
     if native_fps is None or not math.isfinite(native_fps) or native_fps <= 0:
         indices = np.arange(num_frames)
     else:
-        step = native_fps / options.sample_fps
-        count = int(math.ceil(num_frames / step)) + 1
-        indices = np.floor(np.arange(count) * step + 0.5).astype(np.int64)
+        step = native_fps / options.sample_fps  # at 1 fps exactly the reference's float fps
+        count = max(1, int(num_frames / step))
+        # Python floats, as the reference: int(fps * i) truncates the same float product.
         # Sampling faster than the native rate would repeat frames; keep each frame once, in order.
-        indices = np.unique(indices[indices < num_frames])
+        indices = np.unique([int(step * i) for i in range(count)])
     if len(indices) > options.max_frames:
         # Uniform over the sampled frames, first and last included.
         picks = np.round(np.linspace(0, len(indices) - 1, options.max_frames)).astype(np.int64)

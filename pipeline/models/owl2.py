@@ -935,7 +935,7 @@ def load_image_processor(path: str, **kwargs: Any) -> Any:
 def tokenize_prompt(prompt: str, tokenizer: Any) -> list[int]:
     """The reference's `tokenizer_image_token`: tokenize the text around each `<|image|>` separately, keep
     one BOS (only when the first chunk starts with it) and put IMAGE_TOKEN_INDEX (-200) in each slot."""
-    chunks = [tokenizer(chunk).input_ids if chunk else [] for chunk in prompt.split(DEFAULT_IMAGE_TOKEN)]
+    chunks = [_encode_chunk(tokenizer, chunk) if chunk else [] for chunk in prompt.split(DEFAULT_IMAGE_TOKEN)]
     # As the reference: when the first chunk starts with BOS, the first token of *every* chunk (its BOS) is
     # dropped and one BOS leads; otherwise (e.g. the prompt starts with the image) chunks are kept whole.
     offset = 1 if chunks[0] and chunks[0][0] == tokenizer.bos_token_id else 0
@@ -945,3 +945,19 @@ def tokenize_prompt(prompt: str, tokenizer: Any) -> list[int]:
             ids.append(IMAGE_TOKEN_INDEX)
         ids.extend(chunk[offset:])
     return ids
+
+
+def _encode_chunk(tokenizer: Any, chunk: str) -> list[int]:
+    """One chunk as the reference's slow SentencePiece tokenizer encodes it. That tokenizer always puts its dummy
+    prefix '▁' before the text; the tokenizers-backed LLaMA tokenizer of transformers 5 (Metaspace, prepend_scheme
+    "first") adds it only when the text does not already start with a space. So a chunk that starts with one (the
+    evaluation scripts' `<|image|> ASSISTANT:`) gets one more space, the one the slow tokenizer's prefix stands for:
+    without it the ids lose a token (tests/goldens/deqa_tiny)."""
+    pre_tokenizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    if (
+        chunk.startswith(" ")
+        and type(pre_tokenizer).__name__ == "Metaspace"
+        and pre_tokenizer.prepend_scheme == "first"
+    ):
+        chunk = " " + chunk
+    return tokenizer(chunk).input_ids

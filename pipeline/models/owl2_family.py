@@ -45,9 +45,9 @@ def render_prompt(
     processor: Owl2Processor, question: str, answer_prefix: str, n_images: int, recipe: PromptRecipe = Q_ALIGN
 ) -> str:
     """mPLUG-Owl2's chat format (it has no chat template): the question, then the one image slot (all frames go
-    there), unless the recipe puts the image first."""
+    there), unless the recipe puts the image first; the recipe's turn end before ASSISTANT."""
     turn = f"{DEFAULT_IMAGE_TOKEN}\n{question}" if recipe.image_first else f"{question}\n{DEFAULT_IMAGE_TOKEN}"
-    return f"USER: {turn}\nASSISTANT: {answer_prefix}"
+    return f"USER: {turn}{recipe.turn_end}ASSISTANT: {answer_prefix}"
 
 
 def prepare(

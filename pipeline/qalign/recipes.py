@@ -74,6 +74,9 @@ class PromptRecipe:
     question: str = "How would you rate the {task} of this {noun}?"
     stem: str = "The {task} of the {noun} is"
     image_first: bool = False  # the image(s) before the question in the user turn
+    # mPLUG-Owl2's chat format (it has no chat template): what ends the user turn before `ASSISTANT:`. Families with
+    # a chat template ignore it.
+    turn_end: str = "\n"
     template_options: tuple[tuple[str, Any], ...] = ()  # extra keyword arguments of apply_chat_template
     # "after_stem": the token that `stem + " " + word` adds to `stem` (SentencePiece: '▁good');
     # "space_word": tokenizer(" " + word, add_special_tokens=False).input_ids[0] (Q-ReAlign's levels.py).
@@ -140,6 +143,15 @@ Q_ALIGN = PromptRecipe(
     "video frames at --fps fill the one image slot in frame order.",
     video=FramePolicy(one_slot=True),
 )
+# The evaluation scripts of Q-Align and DeQA-Score (iqa_eval.py: the papers' numbers) build the prompt from the
+# mplug_owl2 conversation template, the format both were trained in: a space, not a newline, before ASSISTANT.
+Q_ALIGN_EVAL = PromptRecipe(
+    "q-align-eval",
+    "Q-Align / DeQA-Score as their evaluation scripts (iqa_eval.py) ask: `USER: <question>\\n<|image|> ASSISTANT: "
+    "<stem>` (a space before ASSISTANT where the scorer classes have a newline); video frames as q-align.",
+    turn_end=" ",
+    video=FramePolicy(one_slot=True),
+)
 Q_REALIGN = PromptRecipe(
     "q-realign",
     "Q-ReAlign (Qwen3.5): the image first, then the question; chat template with add_generation_prompt and "
@@ -150,7 +162,7 @@ Q_REALIGN = PromptRecipe(
     level_id_rule="space_word",
     video=FramePolicy(uniform=8, long_side=448, one_slot=False),
 )
-RECIPES = {r.name: r for r in (GENERIC, Q_ALIGN, Q_REALIGN)}
+RECIPES = {r.name: r for r in (GENERIC, Q_ALIGN, Q_ALIGN_EVAL, Q_REALIGN)}
 
 
 def model_type(path: str, revision: str | None = None) -> str:
