@@ -154,11 +154,10 @@ def test_a_starved_scoring_stage_fails_instead_of_hanging(hold_cpus, tiny_models
     shutil.rmtree(scores / "_committed")
     # ...and starve it: with 1.5 of the 2 CPUs held, its read tasks (a whole CPU each) are never placed.
     hold_cpus(1.5)
-    start = time.monotonic()
+    # the subprocess's own timeout bounds it: a watchdog that does not fire fails this test instead of hanging it
     result = subprocess.run([*cmd, "--stall-timeout", "30"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAILED: scoring: no progress for 30 s" in result.stderr and "waiting to be placed" in result.stderr
-    assert time.monotonic() - start < 180
     assert not (scores / "_committed").exists()
 
 
