@@ -11,8 +11,9 @@ import sys
 from functools import partial
 
 from pipeline import cli
+from pipeline.infra.watchdog import end_process
 
 main = partial(cli.main, "retrain", prog="retrain")
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(end_process(main()))

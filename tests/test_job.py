@@ -257,9 +257,12 @@ def test_scorer_actor_killed_mid_run_is_restarted(ray_cluster, many, tiny_models
     finally:
         driver.kill()
     assert driver.returncode == 0, out
-    # Ray says so in its own output, which the job keeps in its log file
-    log = next(Path(output, "_logs").glob("score-*.log")).read_text()
-    assert "ActorDiedError" in log or "actor died" in log.lower() or "restart" in log.lower(), out
+    # Counted, not read from a log (Ray's own start-up lines say "restart" without any kill): the killed actor was
+    # restarted in place, or the pool started another scorer in its stead; either way more than the one scorer ran.
+    actors = list_actors(filters=[("job_id", "=", victim.job_id)], detail=True, limit=10_000)
+    killed = next(a for a in actors if a.actor_id == victim.actor_id)
+    started = sum("ScoreStage" in (a.class_name or "") + (a.repr_name or "") for a in actors)
+    assert int(killed.num_restarts) + started - 1 >= 1, (killed, started)
     assert sorted(all_ids(output)) == sorted(r["id"] for r in corpus)
 
 
@@ -421,3 +424,68 @@ def test_200_images_with_a_tiny_qwen3_5_through_the_cli(ray_cluster, tiny_models
         [*script, *model, "--prompt-recipe", "generic"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 1 and "prompt_recipe='q-realign'" in again.stderr, again.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_crash_inside_a_shards_commit_then_rerun_gives_every_row_exactly_once(
+    ray_cluster, corpus, tiny_models, tmp_path, monkeypatch
+):
+    """The second write of one shard's commit fails (the first is its data, the second its marker): the job fails,
+    the shard stays uncommitted, and the rerun scores it again, so every row is in the output exactly once. Were the
+    marker written first, the failed data write would leave a shard marked done without its rows."""
+    manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
+    write_manifest(corpus, manifest, num_shards=3)
+    victim = "part-00001.parquet"
+    writes: list[str] = []
+    real_put = store.put
+
+    def failing_put(url: str, data: bytes) -> None:
+        if victim in store.basename(url):  # the shard's data file or its commit marker
+            writes.append(url)
+            if len(writes) == 2:
+                raise OSError(f"injected: the second write of {victim}'s commit")
+        real_put(url, data)
+
+    monkeypatch.setattr(store, "put", failing_put)
+    with pytest.raises(Exception, match="injected"):
+        run(config(manifest, output, tiny_models["llava"]))
+    assert len(writes) == 2
+    monkeypatch.setattr(store, "put", real_put)
+    run(config(manifest, output, tiny_models["llava"]))
+    ids = all_ids(output)
+    assert sorted(ids) == sorted(r["id"] for r in corpus)  # no row lost, none twice
+    assert len(read_output(output)[victim]) == pq.read_table(Path(manifest) / victim).num_rows
+
+
+@pytest.mark.slow
+def test_a_rerun_with_another_model_revision_or_level_set_is_refused_unless_restart(
+    ray_cluster, corpus, tiny_models, tmp_path
+):
+    """Same model path, other weights (its revision is the digest of its files): refused, as is another level set;
+    --restart starts over with the new ones."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.qalign.levels import Levels
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["llava"], model)
+    manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
+    write_manifest(corpus[:4], manifest, num_shards=1)
+    first = run(config(manifest, output, str(model)))
+    assert first["this_run"]["rows"] == 4
+    revision = json.loads((Path(output) / "_run.json").read_text())["model_revision"]
+    with pytest.raises(JobError, match="levels=.*--restart"):
+        run(config(manifest, output, str(model), levels=Levels(("good", "fair", "bad"), (3.0, 2.0, 1.0))))
+
+    weights = next(model.glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1e-3  # the same folder, other weights: another revision
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(JobError, match="model_revision=.*--restart"):
+        run(config(manifest, output, str(model)))
+    restarted = run(config(manifest, output, str(model), restart=True))
+    assert restarted["this_run"]["rows"] == 4
+    assert json.loads((Path(output) / "_run.json").read_text())["model_revision"] != revision

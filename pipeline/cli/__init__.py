@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.infra.console import session
+from pipeline.infra.watchdog import end_process
 
 # name -> (module, one line for `qcurate -h`). Modules are imported only when their command runs: some import
 # torch and transformers, which `qcurate -h` has no need to wait for.
@@ -92,4 +93,4 @@ def qcurate(argv: list[str] | None = None) -> int:
             print(f"\nqcurate: unknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0 if argv else 2
-    return main(argv[0], argv[1:])
+    return end_process(main(argv[0], argv[1:]))

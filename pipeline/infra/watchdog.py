@@ -6,7 +6,9 @@ failure says which stage stalled and what the cluster holds and is waiting for, 
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 import time
 from collections import Counter
@@ -16,6 +18,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 DEFAULT_STALL_S = 600.0
+
+# The stages whose `watched` call was given up on: its thread is still inside Ray (see end_process).
+_abandoned: list[str] = []
 
 
 class StallError(RuntimeError):
@@ -147,7 +152,23 @@ def watched(fn: Callable[[], T], stall_s: float, stage: str, poll_s: float = 2.0
         elif stuck_since is None:
             stuck_since = time.monotonic()
         elif time.monotonic() - stuck_since > stall_s:
+            _abandoned.append(stage)
             raise stalled(stage, stall_s)
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+def end_process(status: int) -> int:
+    """A command's exit status, for its process's last line (`sys.exit(end_process(main()))`).
+
+    A stalled `watched` call leaves its thread inside Ray (a training run cannot be cancelled from outside), and the
+    interpreter's teardown under that thread (Ray's own exit handler) crashed the process with SIGSEGV after the
+    one-line failure, so a stalled retraining exited -11, not 1. With such a thread the process ends here, at once,
+    as a killed driver would (the cluster reclaims the driver's work); otherwise the status is returned.
+    """
+    if _abandoned:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status

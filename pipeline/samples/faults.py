@@ -8,7 +8,9 @@
 Each request waits `delay_s` (a store's first-byte latency), then fails with probability `fault_rate` with the 503
 SlowDown that S3 sends when it throttles (the request never reaches the endpoint), or is forwarded and its response
 relayed whole. Requests are counted by method, and by method for the keys that `track` matches (e.g. the media
-objects only, leaving out the manifest and listing requests). Used by tests/test_fetch.py and jobs/benchmark_fetch.py.
+objects only, leaving out the manifest and listing requests); the most tracked requests in flight at once is kept too
+(`peak_in_flight`: how far reads overlap, counted rather than timed). Used by tests/test_fetch.py and
+jobs/benchmark_fetch.py.
 
 It is a test and benchmark tool: one upstream, whole bodies in memory, no TLS.
 """
@@ -53,6 +55,7 @@ class FaultProxy:
         self._counts: Counter = Counter()
         self._first: float | None = None  # perf_counter of the first and last tracked requests
         self._last: float | None = None
+        self._in_flight = self._peak = 0  # tracked requests being handled now, and the most at once
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -81,6 +84,7 @@ class FaultProxy:
         with self._lock:
             self._counts.clear()
             self._first = self._last = None
+            self._peak = self._in_flight
 
     def counts(self, tracked: bool = False, faulted: bool = False) -> dict[str, int]:
         """Requests by method: all of them, or only those `track` matched; with `faulted`, only the failed ones."""
@@ -95,6 +99,16 @@ class FaultProxy:
         """Seconds from the first tracked request to the last: the reading itself, without a job's start-up."""
         with self._lock:
             return self._last - self._first if self._first is not None else 0.0
+
+    def peak_in_flight(self) -> int:
+        """The most tracked requests the proxy was handling at once (since the start or the last reset)."""
+        with self._lock:
+            return self._peak
+
+    def _flight(self, step: int) -> None:
+        with self._lock:
+            self._in_flight += step
+            self._peak = max(self._peak, self._in_flight)
 
     def _record(self, method: str, path: str, fault: bool) -> None:
         tracked, now = self.track(path), time.perf_counter()
@@ -118,6 +132,16 @@ class FaultProxy:
                 pass
 
             def _relay(self) -> None:
+                tracked = proxy.track(self.path)
+                if tracked:
+                    proxy._flight(+1)
+                try:
+                    self._forward()
+                finally:
+                    if tracked:
+                        proxy._flight(-1)
+
+            def _forward(self) -> None:
                 body = self._read_body()
                 if proxy.delay_s:
                     time.sleep(proxy.delay_s)
