@@ -685,7 +685,8 @@ def test_level_loss_is_minus_log_p_of_the_mos_level(tiny_models, small_train_row
     cannot be loaded. Distortion level k has MOS 5 - k, i.e. the k-th level word from the best (by hand, Eq. 1)."""
     gone = {**small_train_rows[0], "id": "gone", "uri": "/nonexistent/gone.png"}
     rows = [*small_train_rows[:4], gone]
-    scores, losses = rate(tiny_models["llava"], rows)
+    scores, losses, score_range = rate(tiny_models["llava"], rows)
+    assert score_range == (1.0, 5.0)  # the generic recipe's scale
     assert np.isnan(scores[-1]) and np.isnan(losses[-1])
     scorer = Scorer(tiny_models["llava"])
     for row, loss in zip(rows[:4], losses):

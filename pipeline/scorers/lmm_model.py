@@ -64,7 +64,7 @@ class Preprocessor:
 
     def __call__(self, media: Media) -> dict[str, np.ndarray]:
         prompt = self.recipe.prompt(self.task, media.media_type)
-        frames = self.recipe.video.resize(media.frames) if media.media_type == "video" else media.frames
+        frames = self.recipe.frames(media.frames, media.media_type, self.processor)
         return self.family.prepare(self.processor, frames, prompt.question, prompt.answer_prefix, self.recipe)
 
 
