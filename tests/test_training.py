@@ -152,14 +152,16 @@ def photo(name: str) -> list[np.ndarray]:
 
 
 def examples_for(syllabus: Syllabus, with_video: bool = True) -> list[dict]:
+    image_questions = questions("quality", "image", syllabus.recipe)  # the recipe's own, its scorer's first
     out = [
-        syllabus.example(photo(name), "image", "quality", level_target(mos, 1, 5), questions("quality", "image")[q])
+        syllabus.example(photo(name), "image", "quality", level_target(mos, 1, 5), image_questions[q])
         for q, (name, mos) in enumerate([("astronaut", 1.2), ("coffee", 4.6), ("chelsea", 3.1)])
     ]
     if not with_video:
         return out
     video = [data.astronaut()[:300, :300], data.astronaut()[100:400, 100:400]]
-    out.append(syllabus.example(video, "video", "quality", level_target(2.2, 1, 5), questions("quality", "video")[3]))
+    video_question = questions("quality", "video", syllabus.recipe)[3]
+    out.append(syllabus.example(video, "video", "quality", level_target(2.2, 1, 5), video_question))
     return out
 
 
@@ -173,7 +175,8 @@ def test_training_input_is_the_scoring_input_plus_the_answer(family_setup):
     assert int(example["level_from_end"]) == 1
     # the scorer's own input for the reference question is exactly the training input up to the level word
     reference = syllabus.recipe.prompt("quality", "image")
-    scoring = family.prepare(processor, photo("coffee"), reference.question, reference.answer_prefix, syllabus.recipe)
+    frames = syllabus.recipe.frames(photo("coffee"), "image", processor)  # the scorer's resize (Q-ReAlign's own)
+    scoring = family.prepare(processor, frames, reference.question, reference.answer_prefix, syllabus.recipe)
     training = syllabus.example(photo("coffee"), "image", "quality", level_target(4.6, 1, 5), reference.question)
     n = len(scoring["input_ids"])
     assert np.array_equal(training["input_ids"][:n], scoring["input_ids"])
