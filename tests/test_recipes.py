@@ -131,6 +131,9 @@ def test_qcurate_json_and_override_choose_the_recipe(tiny_models, tmp_path):
     # mPLUG-Owl2 has one image slot: a recipe that gives each frame as an image cannot run on it
     with pytest.raises(ValueError, match="as one image each"):
         Preprocessor(tiny_models["owl2"], recipe="q-realign")
+    # Q-ReAlign's resize works at a Qwen processor's patch size: a CLIP processor has none
+    with pytest.raises(ValueError, match="q-realign.*no patch size"):
+        Preprocessor(tiny_models["llava"], recipe="q-realign")
 
 
 def test_q_realign_video_policy(tiny_models):

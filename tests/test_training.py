@@ -705,6 +705,11 @@ def test_correlations():
     assert correlations(np.array([3, 3, 3.0]), np.array([1, 2, 3.0]))["srcc"] == 0.0  # constant: no ranking
     near_ties = np.array([2.9991, 2.9992, 2.9994])  # float noise of an untrained model, not a ranking
     assert correlations(near_ties, np.array([1, 2, 3.0]))["srcc"] == 0.0
+    # ties are judged on the scorer's own range: 0.0003 apart is a ranking on 0..1 (Q-ReAlign: 0.0012 on 1..5), a
+    # tie on 1..5
+    unit = np.array([0.1, 0.1003, 0.1006])
+    assert correlations(unit, np.array([1, 2, 3.0]), (0.0, 1.0))["srcc"] == pytest.approx(1.0)
+    assert correlations(unit, np.array([1, 2, 3.0]))["srcc"] < 0.9
 
 
 def test_promotion_needs_a_better_held_out_srcc():

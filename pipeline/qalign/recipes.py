@@ -181,6 +181,15 @@ class PromptRecipe:
         """Extra options of the processor call: no resize where the recipe resized the images itself."""
         return {"do_resize": False} if self.image_resize is not None else {}
 
+    def check_processor(self, processor: Any) -> None:
+        """A recipe that resizes images at the processor's patch size needs a patch-based (Qwen) image processor."""
+        image_processor = getattr(processor, "image_processor", processor)
+        if self.image_resize is not None and not hasattr(image_processor, "patch_size"):
+            raise ValueError(
+                f"prompt recipe {self.name!r} resizes images for a Qwen-style patch processor, and this model's image "
+                "processor has no patch size: choose another recipe"
+            )
+
     def frames(self, frames: list[np.ndarray], media_type: str, processor: Any) -> list[np.ndarray]:
         """An item's decoded frames as the model is given them: a video's frames resized by the frame policy, then
         every image or frame by the recipe's own resize (each frame on its own, as an image), at the patch size of

@@ -46,6 +46,7 @@ class Preprocessor:
         self.recipe = recipes.for_checkpoint(model_path, revision, recipe)
         models.check_recipe(self.family, self.recipe)
         self.processor = self.family.load_processor(model_path, revision, trust_remote_code)
+        self.recipe.check_processor(self.processor)
         self.task, self.levels = task, levels
         tokenizer = self.family.tokenizer_of(self.processor)
         # The level ids must be one token for every prompt this task uses (images and videos end alike in words).
