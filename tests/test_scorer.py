@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from pipeline.infra.media import Media, load_media
+from pipeline.infra.media import Media, MediaError, load_media
 from pipeline.qalign.levels import Levels
 from pipeline.scorers.lmm_model import Preprocessor, Scorer, level_token_ids, prompt_for
 
@@ -239,5 +239,6 @@ def test_instructblip_scores_from_the_language_models_last_hidden_state(instruct
 
 
 def test_instructblip_refuses_videos_clearly(instructblip):
-    with pytest.raises(ValueError, match="one image per prompt.*InstructBLIP-Video"):
+    # a row error of the kind the full-reference scorers give videos, not a preprocess_error
+    with pytest.raises(MediaError, match="^video_not_supported: .*one image per prompt.*InstructBLIP-Video"):
         instructblip.preprocessor(video_media(2))

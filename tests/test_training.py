@@ -152,14 +152,16 @@ def photo(name: str) -> list[np.ndarray]:
 
 
 def examples_for(syllabus: Syllabus, with_video: bool = True) -> list[dict]:
+    image_questions = questions("quality", "image", syllabus.recipe)  # the recipe's own, its scorer's first
     out = [
-        syllabus.example(photo(name), "image", "quality", level_target(mos, 1, 5), questions("quality", "image")[q])
+        syllabus.example(photo(name), "image", "quality", level_target(mos, 1, 5), image_questions[q])
         for q, (name, mos) in enumerate([("astronaut", 1.2), ("coffee", 4.6), ("chelsea", 3.1)])
     ]
     if not with_video:
         return out
     video = [data.astronaut()[:300, :300], data.astronaut()[100:400, 100:400]]
-    out.append(syllabus.example(video, "video", "quality", level_target(2.2, 1, 5), questions("quality", "video")[3]))
+    video_question = questions("quality", "video", syllabus.recipe)[3]
+    out.append(syllabus.example(video, "video", "quality", level_target(2.2, 1, 5), video_question))
     return out
 
 
@@ -173,7 +175,8 @@ def test_training_input_is_the_scoring_input_plus_the_answer(family_setup):
     assert int(example["level_from_end"]) == 1
     # the scorer's own input for the reference question is exactly the training input up to the level word
     reference = syllabus.recipe.prompt("quality", "image")
-    scoring = family.prepare(processor, photo("coffee"), reference.question, reference.answer_prefix, syllabus.recipe)
+    frames = syllabus.recipe.frames(photo("coffee"), "image", processor)  # the scorer's resize (Q-ReAlign's own)
+    scoring = family.prepare(processor, frames, reference.question, reference.answer_prefix, syllabus.recipe)
     training = syllabus.example(photo("coffee"), "image", "quality", level_target(4.6, 1, 5), reference.question)
     n = len(scoring["input_ids"])
     assert np.array_equal(training["input_ids"][:n], scoring["input_ids"])
@@ -685,7 +688,8 @@ def test_level_loss_is_minus_log_p_of_the_mos_level(tiny_models, small_train_row
     cannot be loaded. Distortion level k has MOS 5 - k, i.e. the k-th level word from the best (by hand, Eq. 1)."""
     gone = {**small_train_rows[0], "id": "gone", "uri": "/nonexistent/gone.png"}
     rows = [*small_train_rows[:4], gone]
-    scores, losses = rate(tiny_models["llava"], rows)
+    scores, losses, score_range = rate(tiny_models["llava"], rows)
+    assert score_range == (1.0, 5.0)  # the generic recipe's scale
     assert np.isnan(scores[-1]) and np.isnan(losses[-1])
     scorer = Scorer(tiny_models["llava"])
     for row, loss in zip(rows[:4], losses):
@@ -701,6 +705,11 @@ def test_correlations():
     assert correlations(np.array([3, 3, 3.0]), np.array([1, 2, 3.0]))["srcc"] == 0.0  # constant: no ranking
     near_ties = np.array([2.9991, 2.9992, 2.9994])  # float noise of an untrained model, not a ranking
     assert correlations(near_ties, np.array([1, 2, 3.0]))["srcc"] == 0.0
+    # ties are judged on the scorer's own range: 0.0003 apart is a ranking on 0..1 (Q-ReAlign: 0.0012 on 1..5), a
+    # tie on 1..5
+    unit = np.array([0.1, 0.1003, 0.1006])
+    assert correlations(unit, np.array([1, 2, 3.0]), (0.0, 1.0))["srcc"] == pytest.approx(1.0)
+    assert correlations(unit, np.array([1, 2, 3.0]))["srcc"] < 0.9
 
 
 def test_promotion_needs_a_better_held_out_srcc():

@@ -59,6 +59,9 @@ ERROR_KINDS = (
     "io_error",
     "bad_media_type",
 )
+# Raised while an item is prepared for a model, not by load_media: items the model cannot take (an aspect ratio over
+# its processor's limit, a video given to a scorer of single images).
+MODEL_LIMIT_KINDS = ("aspect_ratio", "video_not_supported")
 MEDIA_TYPES = ("image", "video")
 
 # Storage retries: a few attempts with exponential backoff (0.5 s, 1 s). Module-level so tests can set them.
@@ -96,7 +99,8 @@ class MediaOptions:
     sample_fps: float = 1.0  # video sampling rate
     # Cap (a deviation from Q-Align, which has none): a video with more sampled frames keeps a uniform subset of them.
     max_frames: int = 16
-    # Instead of sampling at sample_fps: this many frames spread uniformly over the whole video (Q-ReAlign's 8).
+    # Instead of sampling at sample_fps: exactly this many frames spread uniformly over the whole video, a shorter
+    # clip repeating frames (Q-ReAlign's 8).
     uniform_frames: int | None = None
     max_pixels: int = 64_000_000  # more pixels than this: refused from the header (decompression bombs)
     # Objects larger than these are refused (too_large) from their metadata, before any byte is read. 256 MiB holds
@@ -593,14 +597,14 @@ def sample_frame_indices(num_frames: int, native_fps: float | None, options: Med
     can do: a video shorter than one period still gives frame 0 (the reference has no frame and fails), and the
     `max_frames` cap (the reference has none and runs out of memory on long videos) keeps a uniform subset of those
     frames, so a video within the cap gets exactly the reference's frames. Without a usable native fps, the frames
-    are spread uniformly over the whole video. With `uniform_frames`, that many frames spread uniformly, whatever
-    the fps.
+    are spread uniformly over the whole video. With `uniform_frames`, exactly that many frames, whatever the fps:
+    index int(round(i)) of linspace(0, n - 1, uniform_frames), so a clip with fewer frames repeats some (the
+    Q-ReAlign toolkit's sampler: round half to even, as Python's round).
     """
     if num_frames <= 0:
         return []
     if options.uniform_frames is not None:
-        count = min(options.uniform_frames, num_frames)
-        return [int(i) for i in np.round(np.linspace(0, num_frames - 1, count)).astype(np.int64)]
+        return [int(round(i)) for i in np.linspace(0, num_frames - 1, options.uniform_frames)]
     if native_fps is None or not math.isfinite(native_fps) or native_fps <= 0:
         indices = np.arange(num_frames)
     else:
@@ -730,18 +734,20 @@ def _count_frames(container, stream, codec: str) -> int:
 
 
 def _pyav_frames(data: bytes, indices: list[int]) -> tuple[list[np.ndarray], int]:
-    """The frames at `indices` (sorted, in presentation order) as RGB arrays, and how many frames were decoded."""
+    """The frames at `indices` (in presentation order; an index may repeat) as RGB arrays, and how many frames were
+    decoded. Fewer frames than indices: the video ended before the last one."""
     import av
 
-    wanted, frames, n = set(indices), [], 0
+    found: dict[int, np.ndarray] = {}
+    wanted, n = set(indices), 0
     with av.open(io.BytesIO(data), mode="r") as container:
         for frame in container.decode(video=0):
             if n in wanted:
-                frames.append(frame.to_ndarray(format="rgb24"))
+                found[n] = frame.to_ndarray(format="rgb24")
             n += 1
-            if len(frames) == len(indices):
+            if len(found) == len(wanted):
                 break
-    return frames, n
+    return [found[i] for i in indices if i in found], n
 
 
 def _first_line(e: Exception) -> str:

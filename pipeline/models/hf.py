@@ -54,14 +54,16 @@ def render_prompt(
     processor: ProcessorMixin, question: str, answer_prefix: str, n_images: int, recipe: PromptRecipe = GENERIC
 ) -> str:
     """The chat template up to the assistant turn (with the recipe's options and image placement), then the start
-    of the answer whose next word is the level."""
+    of the answer whose next word is the level, joined the recipe's way (pipeline.qalign.recipes: stem_space)."""
     images = [{"type": "image"}] * n_images
     question_part = [{"type": "text", "text": question}]
     content = images + question_part if recipe.image_first else question_part + images
     text = processor.apply_chat_template(
         [{"role": "user", "content": content}], add_generation_prompt=True, **recipe.chat_options
     )
-    return text + answer_prefix if text[-1:].isspace() else f"{text} {answer_prefix}"
+    if recipe.stem_space or not text[-1:].isspace():
+        return f"{text} {answer_prefix}"
+    return text + answer_prefix
 
 
 def prepare(
@@ -77,7 +79,12 @@ def prepare(
     # The channel axis is stated, never inferred: the processor would guess channels-first for an HxWx3 array whose
     # first axis is 1 or 3 (a 3-pixel-high strip, a 1x1 image) and score misread pixels.
     out = processor(
-        text=[text], images=[list(frames)], return_tensors="np", input_data_format="channels_last", **RAW_PIXELS
+        text=[text],
+        images=[list(frames)],
+        return_tensors="np",
+        input_data_format="channels_last",
+        **RAW_PIXELS,
+        **recipe.processor_options,
     )
     item = {k: (v[0] if k in TEXT_KEYS else v) for k, v in out.items()}
     item["pixel_values"] = compact(item["pixel_values"])

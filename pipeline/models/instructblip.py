@@ -5,7 +5,7 @@ The prompt goes through the processor like any native model (pipeline.models.hf)
 slots before it; the Q-Former reads the instruction (the question) with its own tokenizer. The language model runs on
 the prompt embeddings with the projected queries scattered into those slots, and the level logits come from its
 final hidden state. One image per prompt: a video needs an InstructBLIP-Video checkpoint (`instructblipvideo`),
-which qcurate does not run, so videos are refused.
+which qcurate does not run, so a video is a row error (video_not_supported).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
+from pipeline.infra.media import MediaError
 from pipeline.models import hf
 from pipeline.qalign.recipes import GENERIC, PromptRecipe
 
@@ -31,9 +32,10 @@ def prepare(
     recipe: PromptRecipe = GENERIC,
 ) -> dict:
     if len(frames) != 1:
-        raise ValueError(
+        raise MediaError(
+            "video_not_supported",
             f"InstructBLIP scores one image per prompt, got {len(frames)} frames: videos need an InstructBLIP-Video "
-            "checkpoint (model_type instructblipvideo), which qcurate does not run"
+            "checkpoint (model_type instructblipvideo), which qcurate does not run",
         )
     out = hf.prepare(processor, frames, question, answer_prefix, recipe)
     # The Q-Former reads the instruction only (as InstructBLIP was trained), not the chat frame or the answer: so a

@@ -24,13 +24,32 @@ from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
 from transformers.utils import is_torchvision_available
 
 from pipeline.models import hf, saved_chat_template
+from pipeline.qalign.recipes import GENERIC, PromptRecipe, check_aspect_ratio
 
 IMAGE_TOKEN = "<|image_pad|>"
+
+
+# Qwen's processors (and qwen_vl_utils) refuse an image whose longer side is over 200 times its shorter one
+MAX_ASPECT_RATIO = 200
 
 
 def __getattr__(name: str):
     """The rest of the family interface (collate, load_model, ...) is the native family's."""
     return getattr(hf, name)
+
+
+def prepare(
+    processor: ProcessorMixin | QwenImageProcessor,
+    frames: list[np.ndarray],
+    question: str,
+    answer_prefix: str,
+    recipe: PromptRecipe = GENERIC,
+) -> dict:
+    """The native preparation, after the aspect-ratio check: an image Qwen cannot take is a row error of its own
+    kind (aspect_ratio, naming the ratio and the limit), not the processor's ValueError."""
+    for frame in frames:
+        check_aspect_ratio(frame, MAX_ASPECT_RATIO, "Qwen")
+    return hf.prepare(processor, frames, question, answer_prefix, recipe)
 
 
 @dataclass

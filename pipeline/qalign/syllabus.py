@@ -33,7 +33,11 @@ QUESTIONS = (
 
 
 def questions(task: str, media_type: str, recipe: PromptRecipe = GENERIC) -> tuple[str, ...]:
-    """The recipe's own question first (the one the scorer asks), then the other paraphrases."""
+    """The recipe's own question first (the one the scorer asks), then the other paraphrases: a recipe with its own
+    prompt pool (Q-ReAlign's) is taught that pool, as its authors' training draws from it."""
+    ask = recipe.ask(task, media_type)
+    if ask is not None:
+        return ask.questions
     noun = "image" if media_type == "image" else "video"
     own = recipe.prompt(task, media_type).question
     return (own, *(q for q in (q.format(task=task, noun=noun) for q in QUESTIONS) if q != own))
@@ -129,8 +133,7 @@ class Syllabus:
         """One training example: the prepared inputs with the full answer, and where to read the loss."""
         word = self.levels.words[int(np.argmax(target))]
         layout = self.layout(question, task, media_type, word, len(frames))
-        if media_type == "video":
-            frames = self.recipe.video.resize(frames)
+        frames = self.recipe.frames(frames, media_type, self.processor)  # resized as the scorer resizes them
         inputs = self.prepare(frames, question, answer_sentence(task, media_type, word, self.recipe))
         if tuple(inputs["input_ids"][-layout.n_answer :].tolist()) != layout.answer_ids:
             raise ValueError(f"the answer tokens of a real example differ from the probe's for {question!r}")

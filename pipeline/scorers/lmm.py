@@ -32,6 +32,8 @@ class LevelScorer:
     levels: Levels = DEFAULT_LEVELS
     recipe: str | None = None  # None: the checkpoint's own
     recipe_name: str = ""  # the recipe that applies, resolved on the driver from the small config files
+    recipe_version: int = 1
+    recipe_spec: dict = field(default_factory=dict)  # its fingerprint: what a rerun into the output must match
     name: str = "lmm"
     reads: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
@@ -58,8 +60,11 @@ class LevelScorer:
             "model": self.model,
             "model_revision": self.revision,
             "prompt_recipe": self.recipe_name,
+            "recipe_version": self.recipe_version,
+            "recipe": self.recipe_spec,
             "task": self.task,
             "levels": list(self.levels.words),
+            "score_range": list(self.columns.score_range),
         }
 
     def preparer(self, options: MediaOptions, crop: int | None = None) -> Callable[[dict], Prepared]:
@@ -67,7 +72,10 @@ class LevelScorer:
 
         pre = Preprocessor(registry.local_path(self.model_path), self.task, self.levels, recipe=self.recipe)
         options = pre.recipe.video.media_options(options)  # e.g. Q-ReAlign's 8 uniform frames
-        if crop is None:  # a crop is in source pixels: the source must keep its scale
+        if pre.recipe.image_resize is not None:
+            # the recipe resizes from the full image, as its authors' code decodes it (no reduced-scale JPEG decode)
+            options = replace(options, draft=False)
+        elif crop is None:  # a crop is in source pixels: the source must keep its scale
             image_processor = getattr(pre.processor, "image_processor", pre.processor)
             # Every size the processor may resize to: anyres grids (LLaVA-NeXT/OneVision) reach far above `size`.
             settings = ("size", "crop_size", "image_grid_pinpoints", "max_image_size", "max_pixels")
@@ -99,4 +107,15 @@ def create(name: str, args: ScorerArgs) -> LevelScorer:
         raise ValueError("--scorer lmm needs --model (a folder, registry entry or hub id)")
     # Only the small config files: the weights are the actors' to fetch, on their own nodes.
     recipe = recipes.for_checkpoint(checkpoint.metadata_folder(args.model_path), None, args.recipe)
-    return LevelScorer(args.model, args.model_path, args.revision, args.task, args.levels, args.recipe, recipe.name)
+    levels = recipe.levels(args.levels.words)  # the scores of the words: the recipe's published scale
+    return LevelScorer(
+        args.model,
+        args.model_path,
+        args.revision,
+        args.task,
+        levels,
+        args.recipe,
+        recipe.name,
+        recipe.version,
+        recipe.fingerprint(),
+    )

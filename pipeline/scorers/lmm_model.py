@@ -46,6 +46,7 @@ class Preprocessor:
         self.recipe = recipes.for_checkpoint(model_path, revision, recipe)
         models.check_recipe(self.family, self.recipe)
         self.processor = self.family.load_processor(model_path, revision, trust_remote_code)
+        self.recipe.check_processor(self.processor)
         self.task, self.levels = task, levels
         tokenizer = self.family.tokenizer_of(self.processor)
         # The level ids must be one token for every prompt this task uses (images and videos end alike in words).
@@ -64,7 +65,7 @@ class Preprocessor:
 
     def __call__(self, media: Media) -> dict[str, np.ndarray]:
         prompt = self.recipe.prompt(self.task, media.media_type)
-        frames = self.recipe.video.resize(media.frames) if media.media_type == "video" else media.frames
+        frames = self.recipe.frames(media.frames, media.media_type, self.processor)
         return self.family.prepare(self.processor, frames, prompt.question, prompt.answer_prefix, self.recipe)
 
 

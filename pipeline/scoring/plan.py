@@ -61,7 +61,8 @@ def plan(config: JobConfig, log=console.say) -> Plan:
         "args": {k: v for k, v in asdict(config).items() if k != "levels"},
     }
     check_previous_run(output, run_info, config.restart)
-    what = ", ".join(f"{k} {v}" for k, v in identity.items() if k not in ("scorer", "model", "levels"))
+    skip = ("scorer", "model", "levels", "recipe")  # the recipe's fingerprint is long: its name and version say it
+    what = ", ".join(f"{k} {v}" for k, v in identity.items() if k not in skip)
     log(f"score: {config.manifest} -> {config.output} with {kind.name} {kind.model} ({what})")
 
     ray_start_s = init_ray()
@@ -76,7 +77,7 @@ def plan(config: JobConfig, log=console.say) -> Plan:
 
 
 def check_previous_run(output: Output, run: dict, restart: bool) -> None:
-    """Refuse to mix scores of different models, revisions, tasks or levels in one output."""
+    """Refuse to mix scores of different models, revisions, tasks, levels or prompt recipes in one output."""
     run_url = store.join(output.url, "_run.json")
     if restart:
         output.clear()
@@ -85,14 +86,33 @@ def check_previous_run(output: Output, run: dict, restart: bool) -> None:
         return
     previous = store.read_json(run_url)
     previous.setdefault("scorer", "lmm")  # written before kinds of scorers existed
-    for key in ("scorer", "model", "model_revision", "prompt_recipe", "task", "levels"):
-        if key == "prompt_recipe" and key not in previous:
+    if "prompt_recipe" in previous:
+        previous.setdefault("recipe_version", 1)  # written before recipes had versions: their first
+    again = "use another --output, or --restart to delete the old scores and start over"
+    for key in ("scorer", "model", "model_revision", "prompt_recipe", "recipe_version", "task", "levels"):
+        if key in ("prompt_recipe", "recipe_version") and key not in previous:
             continue  # an output written before recipes were recorded: its model, revision and task still decide
         if previous.get(key) != run.get(key):
+            changed = recipe_changes(previous.get("recipe"), run.get("recipe"))
+            if key == "recipe_version" and not changed:  # an output written before recipes had fingerprints
+                changed = "; ".join((run.get("recipe") or {}).get("changes", [])[previous[key] - 1 :])
             raise JobError(
-                f"{output.url} holds scores with {key}={previous.get(key)!r}, this run has {run.get(key)!r}; "
-                "use another --output, or --restart to delete the old scores and start over"
+                f"{output.url} holds scores with {key}={previous.get(key)!r}, this run has {run.get(key)!r}"
+                f"{f' (the recipe changed: {changed})' if changed else ''}; {again}"
             )
+    changed = recipe_changes(previous.get("recipe"), run.get("recipe"))
+    if changed:  # one recipe version, other settings (a recipe edited without a new version)
+        recipe = run.get("prompt_recipe")
+        raise JobError(f"{output.url} holds scores of prompt recipe {recipe!r} with {changed}; {again}")
+
+
+def recipe_changes(previous: dict | None, current: dict | None) -> str:
+    """The recipe settings that differ between two outputs' fingerprints, as 'name: old -> new'; '' when either
+    output predates fingerprints or nothing differs."""
+    if not previous or not current:
+        return ""
+    differ = [k for k in sorted(set(previous) | set(current)) if previous.get(k) != current.get(k)]
+    return "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differ)
 
 
 MANIFEST_FILE = "_manifest.json"

@@ -14,11 +14,13 @@ from pipeline.scorers import ScorerArgs
 SCALE = ("mos", "scale_min", "scale_max")  # a label row's MOS and the scale it is on
 
 
-def correlations(predicted: np.ndarray, mos: np.ndarray) -> dict:
+def correlations(predicted: np.ndarray, mos: np.ndarray, score_range: tuple[float, float] = (1.0, 5.0)) -> dict:
     """SRCC and PLCC (scipy) over the items that were scored. Constant predictions rank nothing: 0.0."""
-    # Scores closer than 0.001 (on 1..5) are ties: below what bf16 inference reproduces, so not a ranking. Without
-    # this, an untrained model's near-constant scores get a large SRCC by chance from their float noise.
-    predicted, mos = np.round(np.asarray(predicted, np.float64), 3), np.asarray(mos, np.float64)
+    # Scores closer than 0.001 on 1..5 (1/4000 of the scorer's range, read from its columns) are ties: below what
+    # bf16 inference reproduces, so not a ranking. Without this, an untrained model's near-constant scores get a
+    # large SRCC by chance from their float noise.
+    step = (score_range[1] - score_range[0]) / 4000
+    predicted, mos = np.round(np.asarray(predicted, np.float64) / step) * step, np.asarray(mos, np.float64)
     ok = np.isfinite(predicted)
     out = {"n": int(ok.sum()), "failed": int((~ok).sum()), "srcc": 0.0, "plcc": 0.0}
     if ok.sum() >= 2 and np.ptp(predicted[ok]) > 0 and np.ptp(mos[ok]) > 0:
@@ -33,11 +35,14 @@ def rate(
     """Scores of label rows by the kind of scorer the scoring job would run (pipeline.scorers) for `model_path`
     (its additions included), and each row's level loss where the scorer reads levels: -log of the probability it
     gives the level of the row's MOS (Eq. 1), the level word's part of the training loss, here without augmentation.
-    NaN where an item cannot be loaded. `crop` centre-crops first (to measure fit on training crops)."""
+    NaN where an item cannot be loaded. `crop` centre-crops first (to measure fit on training crops). Also returns
+    the scores' range, as the scorer declares it (a recipe's scale: Q-Align 1..5, Q-ReAlign 0..1)."""
     path = registry.local_path(model_path) if model_path else None
     scores, losses = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
+    score_range = (1.0, 5.0)
     for task in sorted({r.get("task", "quality") for r in rows}):
         kind = scorers.create(scorer, ScorerArgs(model_path, path, task=task))
+        score_range = kind.columns.score_range
         prepare = kind.preparer(MediaOptions(), crop)
         step = kind.device_step("cuda" if torch.cuda.is_available() else "cpu") if kind.runs_on_device else None
         words = kind.columns.levels
@@ -61,7 +66,7 @@ def rate(
                 levels = Levels(words, tuple(float(len(words) - i) for i in range(len(words))))
                 level = [int(levels.level_of_mos(*(rows[i][k] for k in SCALE))) for i in where]
                 losses[where] = -np.log(np.maximum(probs[np.arange(len(where)), level], 1e-300))
-    return scores, losses
+    return scores, losses, score_range
 
 
 def predict(
@@ -79,10 +84,10 @@ def evaluate(
     for name, rows in splits.items():
         if rows:
             mos = np.array([r["mos"] for r in rows], np.float64)
-            scores, losses = rate(model_path, rows, crops.get(name), scorer=scorer)
+            scores, losses, score_range = rate(model_path, rows, crops.get(name), scorer=scorer)
             ok = np.isfinite(losses)
             level_loss = float(losses[ok].mean()) if ok.any() else float("nan")
-            out[name] = {**correlations(scores, mos), "level_loss": level_loss}
+            out[name] = {**correlations(scores, mos, score_range), "level_loss": level_loss}
     return out
 
 

@@ -156,16 +156,20 @@ class ExampleBuilder:
         else to stderr."""
         out = []
         stds = batch.get("mos_std", [None] * len(batch["id"]))
+
+        def skip(item_id: str, e: MediaError) -> None:
+            if skipped is None:
+                print(f"training: skipping {item_id}: {e}", file=sys.stderr, flush=True)
+            else:
+                skipped.append((str(item_id), str(e)))
+
         for i, item_id in enumerate(batch["id"]):
             if batch["split"][i] != self.split:
                 continue
             try:
                 media = load_media(batch["uri"][i], batch["media_type"][i], self.options)
             except MediaError as e:
-                if skipped is None:
-                    print(f"training: skipping {item_id}: {e}", file=sys.stderr, flush=True)
-                else:
-                    skipped.append((str(item_id), str(e)))
+                skip(item_id, e)
                 continue
             task, media_type = batch["task"][i], batch["media_type"][i]
             std = None if stds[i] is None or not np.isfinite(stds[i]) else float(stds[i])
@@ -178,11 +182,14 @@ class ExampleBuilder:
                 self.syllabus.levels,
             )
             rng = self.rng(epoch, str(item_id))
-            for _ in range(self.views):  # decoded once, seen several ways
-                frames = augment(media.frames, self.crop, self.hflip, rng)
-                question = str(rng.choice(questions(task, media_type, self.syllabus.recipe)))
-                example = self.syllabus.example(frames, media_type, task, target, question)
-                out.append(pickle.dumps(example, protocol=5))
+            try:
+                for _ in range(self.views):  # decoded once, seen several ways
+                    frames = augment(media.frames, self.crop, self.hflip, rng)
+                    question = str(rng.choice(questions(task, media_type, self.syllabus.recipe)))
+                    example = self.syllabus.example(frames, media_type, task, target, question)
+                    out.append(pickle.dumps(example, protocol=5))
+            except MediaError as e:  # what the model cannot take (an aspect ratio over its limit), as scoring skips it
+                skip(item_id, e)
         # Views of one item side by side would fill whole batches with one picture: mix the block's items.
         order = self.rng(epoch, "block:" + ",".join(map(str, batch["id"]))).permutation(len(out))
         return {"example": np.array([out[j] for j in order], dtype=object)}
