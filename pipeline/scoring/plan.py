@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from pipeline import registry, scorers
-from pipeline.corpora.shards import Shard, manifest_listing
+from pipeline.corpora.shards import Shard, list_manifest
 from pipeline.infra import store
 from pipeline.infra.console import console
 from pipeline.infra.version import code_version
@@ -101,19 +101,16 @@ def checked_manifest(config: JobConfig, output: Output, kind: Kind, log=console.
     """The manifest's shards, validated on the cluster; a rerun over an unchanged manifest (same shard names, sizes
     and ETags or mtimes, from one listing) reuses the last validation. A shard rewritten after it was committed is
     refused: its committed scores would no longer match it."""
-    listing = manifest_listing(config.manifest)
+    files = list_manifest(config.manifest)
+    listing = {f.name: [f.size, f.version] for f in files}
     digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
     url = store.join(output.url, MANIFEST_FILE)
     previous = store.read_json(url) if store.exists(url) else None
     if previous and previous["digest"] == digest and previous.get("checks") == _checks(kind):
-        return [Shard(u, store.basename(u), previous["rows"][store.basename(u)]) for u in listing]
+        return [Shard(f.url, f.name, previous["rows"][f.name], f.partitions) for f in files]
     if previous:
         committed = output.committed()
-        rewritten = [
-            store.basename(u)
-            for u, stat in listing.items()
-            if store.basename(u) in committed and previous["listing"].get(store.basename(u)) != stat
-        ]
+        rewritten = [n for n, stat in listing.items() if n in committed and previous["listing"].get(n) != stat]
         if rewritten:
             raise JobError(
                 f"{config.manifest}: shard(s) {rewritten[:5]} changed after their scores were committed to "
@@ -121,7 +118,7 @@ def checked_manifest(config: JobConfig, output: Output, kind: Kind, log=console.
             )
         log(f"manifest changed since the last run ({previous['digest']} -> {digest}): validating it again")
     shards = validate_manifest_shards(
-        list(listing),
+        files,
         videos_allowed=kind.videos_allowed,
         reserved=tuple(output_columns(kind.columns)),
         needs=kind.reads,
@@ -131,7 +128,7 @@ def checked_manifest(config: JobConfig, output: Output, kind: Kind, log=console.
     record = {
         "digest": digest,
         "checks": _checks(kind),
-        "listing": {store.basename(u): stat for u, stat in listing.items()},
+        "listing": listing,
         "rows": {s.name: s.num_rows for s in shards},
     }
     store.write_json(url, record)
