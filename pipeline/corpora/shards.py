@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -15,7 +15,9 @@ import pyarrow.compute as pc
 
 from pipeline.corpora.hive import Partitions, add_partition_columns, partition_fields, typed_partitions
 from pipeline.corpora.inline import bytes_column, default_uris, image_bytes
+from pipeline.corpora.tars import split_tar_uri, stream_members
 from pipeline.infra import store
+from pipeline.infra.media import MediaError, MediaOptions
 from schemas import (
     LOST_IN_OUTPUT,
     MANIFEST_V1,
@@ -115,6 +117,8 @@ def read_shard_schema(url: str) -> pa.Schema:
 # The column of a shard's rows that carries their media's bytes (large_binary; null: fetch the row's uri). Not a
 # manifest column: the read task adds it (pipeline.corpora.inline), the decode stage takes the bytes from it.
 BYTES = "_bytes"
+# The column of a shard's rows that carries, instead, why their bytes could not be read ("kind: message"; null: none).
+READ_ERROR = "_read_error"
 
 
 def shard_schema(url: str, partitions: Partitions = ()) -> pa.Schema:
@@ -199,10 +203,19 @@ def filter_rows(table: pa.Table, mask: pa.Array) -> pa.Table:
     return plain.filter(mask).cast(table.schema) if views else table.filter(mask)
 
 
-def read_rows(batch: pa.Table, columns: list[str]) -> pa.Table:
-    """Read task: one manifest shard's `columns` and its media bytes where it holds them (column BYTES), each row
-    tagged with the shard's url in column "path", which routes it to its shard in the driver. `batch`: the shard's
-    url, name and partitions (JSON), in columns "shard", "name" and "partitions".
+# Rows per block of an archive's rows: the read task hands them on as it streams, never the whole archive at once.
+ARCHIVE_BLOCK_ROWS = 64
+
+
+def read_rows(batch: pa.Table, columns: list[str]) -> Iterator[pa.Table]:
+    """Read task: one manifest shard's `columns`, each row tagged with the shard's url in column "path" (which routes
+    it to its shard in the driver), with its media's bytes where the read brings them (column BYTES) or the error
+    that stands for them (column READ_ERROR, "kind: message"). `batch`: the shard's url, name and partitions (JSON),
+    in columns "shard", "name" and "partitions".
+
+    Rows that name a member of a tar archive (pipeline.corpora.tars) come archive by archive, each archive streamed
+    once, in blocks of ARCHIVE_BLOCK_ROWS; the shard's other rows come first, in one block (their bytes, if the shard
+    holds them, or a fetch later).
 
     A shard that no longer reads (rewritten or emptied after validation) yields no rows: the job goes on with the
     other shards and then fails naming it (pipeline.scoring.job), with the reason in the job's log.
@@ -214,7 +227,47 @@ def read_rows(batch: pa.Table, columns: list[str]) -> pa.Table:
     except SchemaError as e:
         print(f"qcurate: {e}; its rows are left out and the shard is not committed", file=sys.stderr, flush=True)
         table = pa.schema([*((c, pa.string()) for c in columns), (BYTES, pa.large_binary())]).empty_table()
-    return table.append_column("path", pa.array([url] * table.num_rows, pa.string()))
+    table = table.append_column(READ_ERROR, pa.nulls(table.num_rows, pa.string()))
+    table = table.append_column("path", pa.array([url] * table.num_rows, pa.string()))
+    archives: dict[str, list[int]] = {}
+    plain = []
+    for i, uri in enumerate(table.column("uri").to_pylist()):
+        split = split_tar_uri(uri)
+        if split is None:
+            plain.append(i)
+        else:
+            archives.setdefault(split[1], []).append(i)
+    if plain or not archives:
+        yield table.take(plain) if archives else table
+    for archive, rows in archives.items():
+        yield from _archive_rows(table, archive, rows)
+
+
+def _archive_rows(table: pa.Table, archive: str, rows: list[int]) -> Iterator[pa.Table]:
+    """The rows of one archive with their members' bytes (or errors), in blocks, streaming the archive once."""
+    by_member: dict[str, list[int]] = {}
+    for i in rows:
+        by_member.setdefault(split_tar_uri(table.column("uri")[i].as_py())[0], []).append(i)
+    taken: list[int] = []
+    data: list[bytes | None] = []
+    errors: list[str | None] = []
+    limit = MediaOptions().max_video_bytes  # the largest any row may have; the decode stage applies its own
+    for member, got in stream_members(archive, set(by_member), limit):
+        for i in by_member[member]:
+            taken.append(i)
+            data.append(None if isinstance(got, MediaError) else got)
+            errors.append(str(got) if isinstance(got, MediaError) else None)
+        if len(taken) >= ARCHIVE_BLOCK_ROWS:
+            yield _with_bytes(table, taken, data, errors)
+            taken, data, errors = [], [], []
+    if taken:
+        yield _with_bytes(table, taken, data, errors)
+
+
+def _with_bytes(table: pa.Table, rows: list[int], data: list, errors: list) -> pa.Table:
+    block = table.take(rows)
+    block = block.set_column(block.schema.get_field_index(BYTES), BYTES, pa.array(data, pa.large_binary()))
+    return block.set_column(block.schema.get_field_index(READ_ERROR), READ_ERROR, pa.array(errors, pa.string()))
 
 
 def check_manifest_schema(

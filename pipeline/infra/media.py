@@ -61,6 +61,11 @@ ERROR_KINDS = (
     "no_frames",
     "io_error",
     "bad_media_type",
+    # a tar member's (pipeline.corpora.tars)
+    "archive_not_found",
+    "archive_truncated",
+    "not_in_archive",
+    "archive_error",
 )
 MEDIA_TYPES = ("image", "video")
 

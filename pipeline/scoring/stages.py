@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.corpora.shards import BYTES, Shard, read_rows
+from pipeline.corpora.shards import BYTES, READ_ERROR, Shard, read_rows
 from pipeline.infra.console import console
 from pipeline.infra.media import MediaError, MediaOptions, Prefetcher, given_bytes
 from pipeline.infra.watchdog import watch
@@ -48,7 +48,10 @@ class PrepareStage:
         values = {c: np.full(n, np.nan) for c in self.columns}
         rows = [{k: batch[k][i] for k in ("id", "uri", "media_type", *self.reads)} for i in range(n)]
         # Bytes the read task brought along (a manifest's bytes column, pipeline.corpora.inline): no fetch for those.
+        # Or the error that stands for them (a member missing from its archive, pipeline.corpora.tars).
         given = batch[BYTES] if BYTES in batch else np.full(n, None, object)
+        if READ_ERROR in batch:
+            given = [MediaError(*e.split(": ", 1)) if e else b for b, e in zip(given, batch[READ_ERROR])]
         # The objects each row reads (its item unless given; a full-reference kind's reference too), fetched a few
         # rows ahead while this thread decodes and prepares one row at a time, in order. Each row keeps its outcome.
         reads = [
