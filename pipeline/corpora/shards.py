@@ -46,6 +46,9 @@ class ShardFile:
     size: int | None = None
     version: str = ""  # the object's ETag (object stores) or mtime (disks): a rewritten shard shows as changed
     partitions: Partitions = ()
+    # A WebDataset shard (pipeline.corpora.webdataset): `url` is its tar, `sidecar` the Parquet beside it, if any.
+    webdataset: bool = False
+    sidecar: str | None = None
 
 
 def list_manifest(manifest: str) -> list[ShardFile]:
@@ -63,7 +66,10 @@ def list_manifest(manifest: str) -> list[ShardFile]:
     elif store.retry(lambda: fs.isdir(path), f"stat {manifest}"):
         root = path.rstrip("/")
         listed = store.retry(lambda: fs.find(root, detail=True), f"list {manifest}")
-        infos = {p: i for p, i in listed.items() if p.endswith(".parquet") and not _hidden(p[len(root) + 1 :])}
+        listed = {p: i for p, i in listed.items() if not _hidden(p[len(root) + 1 :])}
+        if any(p.endswith(".tar") for p in listed):
+            return _webdataset_files(manifest, root, listed, fs)
+        infos = {p: i for p, i in listed.items() if p.endswith(".parquet")}
     else:
         # one file; a missing one is listed as is, and its readers say that it is missing
         exists = store.retry(lambda: fs.exists(path), f"stat {manifest}")
@@ -81,6 +87,32 @@ def list_manifest(manifest: str) -> list[ShardFile]:
         url = p if protocol in ("file", "local") else f"{protocol}://{p}"
         version = str(info.get("ETag") or info.get("etag") or info.get("mtime") or "")
         files.append(ShardFile(url, name, info.get("size"), version, partitions.get(name, ())))
+    return files
+
+
+def _webdataset_files(manifest: str, root: str, listed: dict[str, dict], fs) -> list[ShardFile]:
+    """A WebDataset folder's shards (pipeline.corpora.webdataset): one per tar, named like the Parquet beside it,
+    which it takes along; a Parquet file with no tar beside it is refused (a folder holds one layout)."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+    def url(p: str) -> str:
+        return p if protocol in ("file", "local") else f"{protocol}://{p}"
+
+    def version(info: dict) -> str:
+        return str(info.get("ETag") or info.get("etag") or info.get("mtime") or "")
+
+    tars = sorted(p for p in listed if p.endswith(".tar"))
+    sidecars = {p.removesuffix(".tar") + ".parquet" for p in tars}
+    strays = sorted(p for p in listed if p.endswith(".parquet") and p not in sidecars)
+    if strays:
+        raise ValueError(f"{manifest} holds tar shards and Parquet files with no tar beside them, e.g. {strays[:3]}")
+    files = []
+    for p in tars:
+        side = p.removesuffix(".tar") + ".parquet"
+        has_side = side in listed
+        stat = version(listed[p]) + ("+" + version(listed[side]) if has_side else "")
+        name = side[len(root) + 1 :]
+        files.append(ShardFile(url(p), name, listed[p].get("size"), stat, (), True, url(side) if has_side else None))
     return files
 
 
