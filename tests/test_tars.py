@@ -76,6 +76,10 @@ def test_members_come_from_one_pass_and_bad_archives_have_their_own_kinds(tmp_pa
         outcome = dict(stream_members(str(tmp_path / "cut.tar"), {"000000.png", "000002.png"}, limit=10**9))
         assert outcome["000000.png"] == png(0, noise=8)
         assert outcome["000002.png"].kind == "archive_truncated", (cut, outcome["000002.png"])
+    (tmp_path / "cut.tar").write_bytes(raw[:700])  # cut inside the wanted member's own data
+    assert (
+        dict(stream_members(str(tmp_path / "cut.tar"), {"000000.png"}, 10**9))["000000.png"].kind == "archive_truncated"
+    )
 
 
 def test_a_shards_tar_rows_come_archive_by_archive_with_their_bytes(tmp_path):

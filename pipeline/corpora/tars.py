@@ -65,13 +65,14 @@ def stream_members(archive: str, wanted: set[str], limit: int) -> Iterator[tuple
                     name = info.name.lstrip("/")
                     if name not in left:
                         continue
-                    left.discard(name)
                     if not info.isfile():
-                        yield name, MediaError("bad_uri", f"{tar_uri(name, archive)} is not a file in the archive")
+                        got = MediaError("bad_uri", f"{tar_uri(name, archive)} is not a file in the archive")
                     elif info.size > limit:
-                        yield name, MediaError("too_large", f"{tar_uri(name, archive)} has {info.size} bytes")
+                        got = MediaError("too_large", f"{tar_uri(name, archive)} has {info.size} bytes")
                     else:
-                        yield name, tar.extractfile(info).read()
+                        got = tar.extractfile(info).read()  # a cut inside the member raises here: still left
+                    left.discard(name)
+                    yield name, got
                     if not left:
                         return
             cut = reader.tail != _END
