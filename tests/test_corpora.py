@@ -266,3 +266,37 @@ def test_image_bytes_inside_parquet_score_with_no_fetch_and_stay_out_of_the_outp
     write(tmp_path / "two" / "part-0.parquet", two)
     with pytest.raises(SchemaError, match=r"more than one column of image bytes \['image', 'thumb'\]"):
         run(JobConfig(str(tmp_path / "two"), str(tmp_path / "out2"), scorer="psnr"))
+
+
+def test_the_decode_stage_takes_given_bytes_and_errors_without_fetching(tmp_path):
+    from pipeline.corpora.shards import READ_ERROR
+    from pipeline.scoring.stages import PrepareStage
+    from tests.test_fetch import ShapeKind
+
+    image = encoded(picture(3, (40, 30)), "PNG")
+    gone = str(tmp_path / "never-written.png")  # read, it would be not_found
+    batch = {
+        "id": np.array(["given", "failed", "fetched", "not-an-image"], object),
+        "uri": np.array([gone, "tar://x.png::/a.tar", gone, gone], object),
+        "media_type": np.array(["image"] * 4, object),
+        "path": np.array(["shard"] * 4, object),
+        BYTES: np.array([image, None, None, b"hello"], object),
+        READ_ERROR: np.array([None, "archive_truncated: /a.tar: cut", None, None], object),
+    }
+    out = PrepareStage(ShapeKind(), MediaOptions())(batch)
+    assert out["height"][0] == 30 and out["error"][0] == ""
+    assert out["error"][1] == "archive_truncated: /a.tar: cut"
+    assert out["error"][2].startswith("not_found: ")
+    assert out["error"][3].startswith("decode_error: ") and "not an image" in out["error"][3]
+
+
+def test_a_hugging_face_image_shard_reads_as_a_manifest_without_its_bytes(tmp_path):
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    images = [{"bytes": b"one", "path": "a.png"}, {"bytes": b"two", "path": ""}, {"bytes": None, "path": None}]
+    write(tmp_path / "train-00000.parquet", pa.table({"id": ["a", "b", "c"], "image": pa.array(images, image_type)}))
+    shard, table = read_valid_shard(str(tmp_path / "train-00000.parquet"))
+    assert table.column("uri").to_pylist() == ["a.png", "train-00000.parquet#1", "train-00000.parquet#2"]
+    assert table.column("media_type").to_pylist() == ["image"] * 3
+    whole = read_shard(shard.url)
+    assert "image" not in whole.column_names and BYTES not in whole.column_names  # what the output is made from
+    assert read_shard(shard.url, ["id", BYTES]).column(BYTES).to_pylist() == [b"one", b"two", None]
