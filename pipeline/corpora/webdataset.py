@@ -23,14 +23,15 @@ import tarfile
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.corpora.tars import tar_uri
+from pipeline.corpora.tars import READ_BLOCK, tar_uri
 from pipeline.infra import store
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "heic", "heif", "avif")
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
 MEDIA_EXTENSIONS = {**{e: "image" for e in IMAGE_EXTENSIONS}, **{e: "video" for e in VIDEO_EXTENSIONS}}
-# The header scan reads the archive in blocks this small, so that seeking over members' data skips most of it.
-SCAN_BLOCK = 1024**2
+# The header scan reads the archive in blocks of this size (one request each on an object store): seeking over a
+# member larger than a block skips its data unread; small members (images) are read through, a block at a time.
+SCAN_BLOCK = READ_BLOCK
 
 
 def split_key(member: str) -> tuple[str, str]:
