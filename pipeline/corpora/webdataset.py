@@ -18,10 +18,12 @@ is scored, committed and resumed like any Parquet shard.
 
 from __future__ import annotations
 
+import io
 import tarfile
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline.corpora.tars import READ_BLOCK, tar_uri
 from pipeline.infra import store
@@ -41,11 +43,13 @@ def split_key(member: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def media_members(archive: str) -> list[tuple[str, str, str]]:
-    """(key, member, media type) of the archive's media members, one per key (the first), in archive order."""
+def media_members(archive: str, size: int | None = None) -> list[tuple[str, str, str]]:
+    """(key, member, media type) of the archive's media members, one per key (the first), in archive order. `size`:
+    the archive's, from the listing (an object store then needs no HEAD to open it)."""
     fs, path = store.filesystem(archive)
     found: dict[str, tuple[str, str, str]] = {}
-    with fs.open(path, "rb", block_size=SCAN_BLOCK) as fh:
+    known = {"size": size} if size is not None else {}
+    with fs.open(path, "rb", block_size=SCAN_BLOCK, **known) as fh:
         try:
             with tarfile.open(fileobj=fh, mode="r:") as tar:
                 for info in tar:
@@ -60,10 +64,10 @@ def media_members(archive: str) -> list[tuple[str, str, str]]:
     return list(found.values())
 
 
-def index_table(archive: str, sidecar: str | None) -> tuple[pa.Table, int]:
+def index_table(archive: str, sidecar: str | None, size: int | None = None) -> tuple[pa.Table, int]:
     """The archive's rows as a manifest table (id, uri, media_type, then the sidecar's columns), and how many
-    sidecar rows were skipped for their status."""
-    members = media_members(archive)
+    sidecar rows were skipped for their status. `size`: the archive's, as media_members."""
+    members = media_members(archive, size)
     rows = pa.table(
         {
             "id": pa.array([k for k, _, _ in members], pa.string()),
@@ -74,7 +78,9 @@ def index_table(archive: str, sidecar: str | None) -> tuple[pa.Table, int]:
     )
     if sidecar is None:
         return rows.drop_columns(["_order"]), 0
-    side = store.read_parquet(sidecar)
+    fs, path = store.filesystem(sidecar)
+    # read whole in one GET (a Parquet reader would ask for its size, its footer and its data: three or four)
+    side = pq.read_table(io.BytesIO(store.retry(lambda: fs.cat_file(path), f"read {sidecar}")))
     if "key" not in side.column_names:
         raise ValueError(f"{sidecar}: a WebDataset shard's Parquet needs a 'key' column, it has {side.column_names}")
     skipped = 0
@@ -100,10 +106,12 @@ def index_table(archive: str, sidecar: str | None) -> tuple[pa.Table, int]:
     return joined.drop_columns(["_order"]), skipped
 
 
-def write_index(archive: str, sidecar: str | None, url: str, prefix: str | None = None) -> tuple[int, int]:
+def write_index(
+    archive: str, sidecar: str | None, url: str, prefix: str | None = None, size: int | None = None
+) -> tuple[int, int]:
     """Index one tar (index_table) into the manifest shard at `url`, its ids prefixed by `prefix/` when given (keys
     that repeat across shards). Returns (rows, rows skipped for their status)."""
-    table, skipped = index_table(archive, sidecar)
+    table, skipped = index_table(archive, sidecar, size)
     if prefix is not None:
         ids = pc.binary_join_element_wise(prefix, table.column("id"), "/")
         table = table.set_column(0, "id", ids)

@@ -166,7 +166,9 @@ def index_archives(files: list[ShardFile], output: Output, log=console.say, pref
     task = ray.remote(write_index).options(num_cpus=1, max_retries=3)
     tars = [f for f in files if f.webdataset]
     refs = [
-        task.remote(f.url, f.sidecar, _shard_url(f, output), f.name.removesuffix(".parquet") if prefixed else None)
+        task.remote(
+            f.url, f.sidecar, _shard_url(f, output), f.name.removesuffix(".parquet") if prefixed else None, f.size
+        )
         for f in tars
     ]
     try:
