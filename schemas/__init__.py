@@ -1,6 +1,14 @@
 """Versioned Arrow schemas for what qcurate reads and writes, with validation naming the file, column and problem."""
 
-from schemas.core import MAX_ID_BYTES, SchemaError, check_columns, check_ids, check_reserved, check_unique_ids
+from schemas.core import (
+    MAX_ID_BYTES,
+    SchemaError,
+    check_columns,
+    check_ids,
+    check_reserved,
+    check_unique_ids,
+    is_string_like,
+)
 from schemas.labels import LABEL_SPLITS, LABEL_TASKS, LABELS_V1, LABELS_V2, mos_from_dmos, validate_labels
 from schemas.manifest import MANIFEST_V1, OPTIONAL, validate_manifest
 from schemas.scores import (
@@ -31,6 +39,7 @@ __all__ = [
     "check_reserved",
     "check_unique_ids",
     "fr_columns",
+    "is_string_like",
     "level_columns",
     "mos_from_dmos",
     "output_columns",

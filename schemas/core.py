@@ -23,11 +23,18 @@ class SchemaError(ValueError):
         return type(self), (self.source, self.column, self.problem)
 
 
+def is_string_like(t: pa.DataType) -> bool:
+    """string, large_string, string_view, or a dictionary of one of them (pandas' categoricals): the same values to
+    whoever reads them as Python or casts them to string."""
+    if pa.types.is_dictionary(t):
+        return is_string_like(t.value_type)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
 def _same_kind(actual: pa.DataType, expected: pa.DataType) -> bool:
-    """string/large_string and the float and integer widths are interchangeable on input."""
-    for family in (pa.types.is_string, pa.types.is_large_string):
-        if family(expected):
-            return pa.types.is_string(actual) or pa.types.is_large_string(actual)
+    """The string-like types (is_string_like), and the float and integer widths, are interchangeable on input."""
+    if is_string_like(expected):
+        return is_string_like(actual)
     if pa.types.is_floating(expected):
         return pa.types.is_floating(actual) or pa.types.is_integer(actual)
     if pa.types.is_integer(expected):

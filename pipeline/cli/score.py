@@ -3,6 +3,8 @@ with a full-reference scorer against each row's ref_uri (psnr, psnr-y, ssim, ms-
 
 examples:
   qcurate score --manifest manifests/sample --output scores/run1 --model models/onealign
+  qcurate score --manifest s3://bucket/laion-shards/ --output scores/tars --model models/onealign  # NNNNN.tar+.parquet
+  qcurate score --manifest s3://bucket/hf/koniq/data/ --output scores/hf --model models/onealign   # bytes in Parquet
   qcurate score --manifest manifests/pairs --output scores/ssim --scorer ms-ssim
   qcurate score --manifest manifests/pairs --output scores/vtamiq --scorer vtamiq --model models/vtamiq
   ray job submit --working-dir . -- python jobs/score_dataset.py \\
@@ -26,7 +28,13 @@ from schemas import SchemaError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--manifest", required=True, help="folder (or glob) of manifest Parquet shards, any fsspec URL")
+    p.add_argument(
+        "--manifest",
+        required=True,
+        help="any fsspec URL: a folder (any depth, hive key=value folders) or glob of Parquet shards whose rows name "
+        "objects, tar://<member>::<archive> members or hold the bytes (a binary or Hugging Face Image column); or a "
+        "WebDataset folder of NNNNN.tar (+ NNNNN.parquet)",
+    )
     p.add_argument("--output", required=True, help="output folder for score shards, any fsspec URL")
     p.add_argument(
         "--scorer",

@@ -45,6 +45,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.corpora.inline import bytes_column
+from pipeline.corpora.shards import filter_rows
 from pipeline.infra import store
 from pipeline.infra.console import console
 
@@ -288,7 +290,9 @@ def filter_shard(item: dict, spec: ShardSpec) -> dict:
     result.hist_in, result.hist_kept = ScoreHistogram(spec.lo, spec.hi), ScoreHistogram(spec.lo, spec.hi)
     manifest = store.read_parquet(item["manifest"])
     result.rows_in = manifest.num_rows
-    absent = [c for c in ("id", "uri", "media_type") if c not in manifest.column_names]
+    # (uri and media_type: implied where the shard holds its images' bytes, pipeline.corpora.inline)
+    implied = ("uri", "media_type") if bytes_column(manifest.schema, item["manifest"]) else ()
+    absent = [c for c in ("id", "uri", "media_type") if c not in (*manifest.column_names, *implied)]
     if absent:
         result.problem = f"{item['manifest']}: not a manifest shard, missing column(s) {absent}"
         return {"result": pickle.dumps(result)}
@@ -332,7 +336,7 @@ def filter_shard(item: dict, spec: ShardSpec) -> dict:
 
     mask = np.zeros(manifest.num_rows, bool)
     mask[has_score] = keep
-    kept = manifest.filter(pa.array(mask))  # the manifest's own rows and schema, nothing added
+    kept = filter_rows(manifest, pa.array(mask))  # the manifest's own rows and schema, nothing added
     if kept.num_rows:
         store.write_parquet(kept, store.join(cfg.output, item["name"]))
 
@@ -377,14 +381,16 @@ def _remove(url: str) -> None:
 
 def _plan(cfg: FilterConfig) -> tuple[list[dict], pa.Schema]:
     """Shard items (name, manifest URL, score URL or None) and the score schema, checked before any work."""
-    from pipeline.corpora.shards import check_manifest_schema, list_shards
+    from pipeline.corpora.shards import check_manifest_schema, list_manifest
     from pipeline.scoring.commit import Output
     from schemas import output_columns
 
-    manifest_urls = list_shards(cfg.manifest)
+    files = list_manifest(cfg.manifest)
     scores = Output(cfg.scores)
     committed = scores.committed()
-    names = [store.basename(u) for u in manifest_urls]
+    # A shard's name is its path under the manifest folder: the kept rows go to the same path under the output, so a
+    # hive-partitioned manifest stays one (its partition keys stay folders, not columns).
+    names, manifest_urls = [f.name for f in files], [f.url for f in files]
     missing = [n for n in names if n not in committed]
     if missing and not cfg.drop_missing:
         raise FilterError(

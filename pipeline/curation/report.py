@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from pipeline.corpora.shards import list_shards
+from pipeline.corpora.shards import list_manifest
 from pipeline.curation.filter import (
     FilterConfig,
     FilterError,
@@ -118,10 +118,11 @@ def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_sco
     """Read the committed score shards (and the manifest's caption columns, when given) into ReportData."""
     scores, manifest = absolute(scores), absolute(manifest) if manifest else None
     committed = Output(scores).committed()
-    urls = [u for u in list_shards(scores) if store.basename(u) in committed]
-    if not urls:
+    shards = {f.name: f.url for f in list_manifest(scores) if f.name in committed}
+    if not shards:
         raise FilterError(f"no committed score shards in {scores}")
-    manifest_urls = {store.basename(u): u for u in list_shards(manifest)} if manifest else {}
+    urls = list(shards.values())
+    manifest_urls = {f.name: f.url for f in list_manifest(manifest)} if manifest else {}
     columns, column = score_columns(store.read_parquet_schema(urls[0]))
     words = list(columns.levels)
     probs = [f"p_{w}" for w in words]
@@ -137,8 +138,7 @@ def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_sco
     if manifest:
         data.manifest_rows = sum(_num_rows(u) for u in manifest_urls.values())
 
-    for url in urls:
-        name = store.basename(url)
+    for name, url in shards.items():
         names = store.read_parquet_schema(url).names
         captions = [c for c in CAPTION_COLUMNS if c in names]
         pair = ["ref_uri", "psnr"] if full_reference and "ref_uri" in names else []

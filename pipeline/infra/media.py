@@ -38,12 +38,15 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import fsspec
 import fsspec.asyn
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps
 
 from pipeline.infra import store
@@ -58,11 +61,20 @@ ERROR_KINDS = (
     "no_frames",
     "io_error",
     "bad_media_type",
+    # a tar member's (pipeline.corpora.tars)
+    "archive_not_found",
+    "archive_truncated",
+    "not_in_archive",
+    "archive_error",
 )
 # Raised while an item is prepared for a model, not by load_media: items the model cannot take (an aspect ratio over
 # its processor's limit, a video given to a scorer of single images).
 MODEL_LIMIT_KINDS = ("aspect_ratio", "video_not_supported")
 MEDIA_TYPES = ("image", "video")
+
+# HEIF/HEIC (iPhone photos) decoded by libheif through pillow-heif's Pillow plugin, registered for every process that
+# imports this module (Ray's decode workers too). AVIF stays Pillow's own plugin.
+pillow_heif.register_heif_opener()
 
 # Storage retries: a few attempts with exponential backoff (0.5 s, 1 s). Module-level so tests can set them.
 READ_ATTEMPTS = 3
@@ -161,6 +173,9 @@ def read_bytes(uri: str, options: MediaOptions = MediaOptions(), media_type: str
         uri = os.fspath(uri)
     if not isinstance(uri, str) or not uri.strip():
         raise MediaError("bad_scheme", f"uri must be a non-empty string, got {uri!r}")
+    given = getattr(_ACTIVE, "given", None)
+    if given is not None and given[0] == uri:
+        return _checked_given(given[1], uri, options, media_type)
     scheme = uri_scheme(uri)
     if scheme not in {s.lower() for s in options.allowed_schemes}:
         allowed = ", ".join(options.allowed_schemes)
@@ -314,6 +329,26 @@ def _shorten(text: str, keep: int = 200) -> str:
     return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"
 
 
+@contextmanager
+def given_bytes(uri: str, data: bytes | MediaError) -> Iterator[None]:
+    """Within the block, `read_bytes(uri)` in this thread returns `data` instead of reading the object (or raises it,
+    a MediaError): the bytes a manifest or an archive already holds (pipeline.scoring.stages.PrepareStage). They are
+    checked as a read's are: the media type's byte limit, then the format from the first bytes."""
+    _ACTIVE.given = (uri, data)
+    try:
+        yield
+    finally:
+        _ACTIVE.given = None
+
+
+def _checked_given(data: bytes | MediaError, uri: str, options: MediaOptions, media_type: str) -> bytes:
+    if isinstance(data, MediaError):
+        raise data
+    _check_size(len(data), uri, options.max_bytes(media_type))
+    sniff_format(data[:SNIFF_BYTES], media_type, uri)
+    return data
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Fetching ahead: a decode worker keeps several reads in flight while it decodes one item
 
@@ -411,8 +446,23 @@ VIDEO_SIGNATURES = (
 )
 
 
+# ISO-BMFF brands of still images (and image sequences) in HEIF and AVIF files: their `ftyp` box is an MP4's, the
+# brand tells them apart. HEIC photos have major brand heic (or mif1); AVIF ones avif (avis: an animated AVIF).
+IMAGE_BRANDS = {
+    b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"mif2", b"msf1", b"avif",
+    b"avis", b"avci", b"avcs",
+}  # fmt: skip
+
+
+def is_image_brand(head: bytes) -> bool:
+    """The first bytes are an ISO-BMFF `ftyp` box whose major brand is a HEIF or AVIF image's."""
+    return head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS
+
+
 def video_container(head: bytes) -> str | None:
-    """The video container the first bytes announce, or None."""
+    """The video container the first bytes announce (not a HEIF or AVIF image's ftyp box), or None."""
+    if is_image_brand(head):
+        return None
     for name, offset, magics in VIDEO_SIGNATURES:
         if any(head[offset : offset + len(m)] == m for m in magics):
             return name

@@ -1,9 +1,10 @@
 """The commit path: one input shard's score rows -> its output shard, written whole, then marked committed.
 
 The unit of commit is the input shard: `<output>/part-00007.parquet` is written whole, then
-`<output>/_committed/part-00007.parquet.json` marks it committed. A shard without its marker is not done and is
-written again by a rerun; a committed shard is never touched again. So killed at any moment and rerun, a job ends
-with every manifest row in the output exactly once.
+`<output>/_committed/part-00007.parquet.json` marks it committed. A shard in a sub-folder of the manifest
+(`source=laion/part-0.parquet`) has its output and marker at the same relative path. A shard without its marker is
+not done and is written again by a rerun; a committed shard is never touched again. So killed at any moment and
+rerun, a job ends with every manifest row in the output exactly once.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ class Output:
         fs, path = store.filesystem(store.join(self.url, "_committed"))
         if not store.exists(store.join(self.url, "_committed")):
             return set()
-        names = store.retry(lambda: fs.ls(path, detail=False), f"list {path}")
-        return {store.basename(n).removesuffix(".json") for n in names if n.endswith(".json")}
+        root = path.rstrip("/")
+        names = store.retry(lambda: fs.find(root, detail=False), f"list {path}")
+        return {n[len(root) + 1 :].removesuffix(".json") for n in names if n.endswith(".json")}
 
     def markers(self, names: list[str]) -> list[dict]:
         """The commit markers of these shards, fetched concurrently (one request each, many in flight)."""
@@ -66,7 +68,7 @@ def error_kind(error: str) -> str:
 
 def assemble(shard: Shard, results: pa.Table | None, kind: Kind) -> pa.Table:
     """The output shard: the manifest's rows in their order, score columns first, extra columns carried through."""
-    manifest = read_shard(shard.url)
+    manifest = read_shard(shard.url, partitions=shard.partitions, name=shard.name)  # all columns but the bytes
     values = [c for c in kind.columns.names if c not in kind.constants]
     if results is None:  # an empty manifest shard
         schema = pa.schema([("id", pa.string()), ("error", pa.string())] + [(c, pa.float64()) for c in values])

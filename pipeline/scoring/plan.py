@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from pipeline import registry, scorers
-from pipeline.corpora.shards import Shard, manifest_listing
+from pipeline.corpora.shards import Shard, ShardFile, list_manifest
+from pipeline.corpora.webdataset import write_index
 from pipeline.infra import store
 from pipeline.infra.console import console
 from pipeline.infra.version import code_version
@@ -21,7 +22,7 @@ from pipeline.scorers import Kind, ScorerArgs
 from pipeline.scoring.commit import Output
 from pipeline.scoring.config import JobConfig, JobError
 from pipeline.scoring.validation import validate_manifest_shards
-from schemas import output_columns
+from schemas import SchemaError, output_columns
 
 
 @dataclass
@@ -122,41 +123,85 @@ def checked_manifest(config: JobConfig, output: Output, kind: Kind, log=console.
     """The manifest's shards, validated on the cluster; a rerun over an unchanged manifest (same shard names, sizes
     and ETags or mtimes, from one listing) reuses the last validation. A shard rewritten after it was committed is
     refused: its committed scores would no longer match it."""
-    listing = manifest_listing(config.manifest)
+    files = list_manifest(config.manifest)
+    listing = {f.name: [f.size, f.version] for f in files}
     digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()[:16]
     url = store.join(output.url, MANIFEST_FILE)
     previous = store.read_json(url) if store.exists(url) else None
     if previous and previous["digest"] == digest and previous.get("checks") == _checks(kind):
-        return [Shard(u, store.basename(u), previous["rows"][store.basename(u)]) for u in listing]
+        return [Shard(_shard_url(f, output), f.name, previous["rows"][f.name], f.partitions) for f in files]
     if previous:
         committed = output.committed()
-        rewritten = [
-            store.basename(u)
-            for u, stat in listing.items()
-            if store.basename(u) in committed and previous["listing"].get(store.basename(u)) != stat
-        ]
+        rewritten = [n for n, stat in listing.items() if n in committed and previous["listing"].get(n) != stat]
         if rewritten:
             raise JobError(
                 f"{config.manifest}: shard(s) {rewritten[:5]} changed after their scores were committed to "
                 f"{output.url}; use --restart to score the manifest again, or another --output"
             )
         log(f"manifest changed since the last run ({previous['digest']} -> {digest}): validating it again")
-    shards = validate_manifest_shards(
-        list(listing),
-        videos_allowed=kind.videos_allowed,
-        reserved=tuple(output_columns(kind.columns)),
-        needs=kind.reads,
-        stall_s=config.stall_timeout_s,
-        log=log,
-    )
+    webdataset = any(f.webdataset for f in files)
+    skipped = index_archives(files, output, log) if webdataset else {}
+
+    def validate() -> list[Shard]:
+        return validate_manifest_shards(
+            [replace(f, url=_shard_url(f, output)) for f in files],
+            videos_allowed=kind.videos_allowed,
+            reserved=tuple(output_columns(kind.columns)),
+            needs=kind.reads,
+            stall_s=config.stall_timeout_s,
+            log=log,
+        )
+
+    try:
+        shards = validate()
+    except SchemaError as e:
+        if not webdataset or e.column != "id" or "more than one shard" not in e.problem:
+            raise
+        log("webdataset: keys repeat across shards; ids are <shard>/<key>")
+        skipped = index_archives(files, output, log, prefixed=True)
+        shards = validate()
     record = {
         "digest": digest,
         "checks": _checks(kind),
-        "listing": {store.basename(u): stat for u, stat in listing.items()},
+        "listing": listing,
         "rows": {s.name: s.num_rows for s in shards},
+        "skipped": skipped,  # WebDataset rows whose status is not "success", by shard
     }
     store.write_json(url, record)
     return shards
+
+
+INDEX_FOLDER = "_index"
+
+
+def _shard_url(file: ShardFile, output: Output) -> str:
+    """Where a shard's manifest rows are read: the file itself, or a WebDataset tar's index under the output."""
+    return store.join(output.url, INDEX_FOLDER, file.name) if file.webdataset else file.url
+
+
+def index_archives(files: list[ShardFile], output: Output, log=console.say, prefixed: bool = False) -> dict[str, int]:
+    """Index every WebDataset tar (pipeline.corpora.webdataset) into `<output>/_index/<name>`, one Ray task each; ids
+    are `<shard>/<key>` when `prefixed`. Returns the rows skipped for their status, by shard (those with any)."""
+    import ray
+
+    task = ray.remote(write_index).options(num_cpus=1, max_retries=3)
+    tars = [f for f in files if f.webdataset]
+    refs = [
+        task.remote(
+            f.url, f.sidecar, _shard_url(f, output), f.name.removesuffix(".parquet") if prefixed else None, f.size
+        )
+        for f in tars
+    ]
+    try:
+        counts = ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        raise JobError(f"cannot index the WebDataset shards of {output.url}: {e.cause}") from e
+    skipped = {f.name: s for f, (_, s) in zip(tars, counts) if s}
+    log(
+        f"webdataset: {len(tars)} tar(s) indexed, {sum(n for n, _ in counts)} rows, "
+        f"{sum(skipped.values())} skipped (status != success)"
+    )
+    return skipped
 
 
 def _checks(kind: Kind) -> dict:

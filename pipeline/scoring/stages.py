@@ -10,17 +10,19 @@ Ray workers only.
 
 from __future__ import annotations
 
+import json
 import pickle
 import time
 from collections import Counter, defaultdict
+from contextlib import nullcontext
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.corpora.shards import Shard, read_rows
+from pipeline.corpora.shards import BYTES, READ_ERROR, Shard, read_rows
 from pipeline.infra.console import console
-from pipeline.infra.media import MediaError, MediaOptions, Prefetcher
+from pipeline.infra.media import MediaError, MediaOptions, Prefetcher, given_bytes
 from pipeline.infra.watchdog import watch
 from pipeline.scorers import Kind, step_columns
 from pipeline.scoring.commit import commit_shard, error_kind
@@ -45,14 +47,26 @@ class PrepareStage:
         errors, inputs = np.full(n, "", object), np.full(n, b"", object)
         values = {c: np.full(n, np.nan) for c in self.columns}
         rows = [{k: batch[k][i] for k in ("id", "uri", "media_type", *self.reads)} for i in range(n)]
-        # The objects each row reads (its item; a full-reference kind's reference too), fetched a few rows ahead
-        # while this thread decodes and prepares one row at a time, in order. Each row keeps its own outcome.
-        reads = [[(row["uri"], row["media_type"]), *((row[c], "image") for c in self.references)] for row in rows]
+        # Bytes the read task brought along (a manifest's bytes column, pipeline.corpora.inline): no fetch for those.
+        # Or the error that stands for them (a member missing from its archive, pipeline.corpora.tars).
+        given = batch[BYTES] if BYTES in batch else np.full(n, None, object)
+        if READ_ERROR in batch:
+            given = [MediaError(*e.split(": ", 1)) if e else b for b, e in zip(given, batch[READ_ERROR])]
+        # The objects each row reads (its item unless given; a full-reference kind's reference too), fetched a few
+        # rows ahead while this thread decodes and prepares one row at a time, in order. Each row keeps its outcome.
+        reads = [
+            [
+                *([] if given[i] is not None else [(row["uri"], row["media_type"])]),
+                *((row[c], "image") for c in self.references),
+            ]
+            for i, row in enumerate(rows)
+        ]
         with Prefetcher(reads, self.options) as prefetch:
             for i, row in enumerate(rows):
                 prefetch.advance(i)
                 try:
-                    prepared = self.prepare(row)
+                    with given_bytes(row["uri"], given[i]) if given[i] is not None else nullcontext():
+                        prepared = self.prepare(row)
                     inputs[i] = pickle.dumps(prepared.inputs, protocol=5)
                     for c, v in prepared.values.items():
                         values[c][i] = v
@@ -168,7 +182,10 @@ def execute(plan: Plan, log=console.say) -> tuple[Counter, dict[str, float], dic
 
     # One read task per pending shard, from the listing validation already made: no second listing of the manifest
     # and no footer reads on the cluster before the first row (Ray Data's read_parquet starts 32 footer-reading actors).
-    source = ray.data.from_items([{"shard": s.url} for s in pending], override_num_blocks=len(pending))
+    source = ray.data.from_items(
+        [{"shard": s.url, "name": s.name, "partitions": json.dumps(s.partitions)} for s in pending],
+        override_num_blocks=len(pending),
+    )
     ds = (
         source.map_batches(
             read_rows,

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.corpora.shards import Shard, read_valid_shard
+from pipeline.corpora.shards import Shard, ShardFile, read_shard, read_valid_shard
 from pipeline.infra import store
 from pipeline.infra.console import console
 from schemas import SchemaError
@@ -63,29 +63,29 @@ class IdBucket:
 
 
 def _check_shard(
-    url: str, index: int, n_buckets: int, videos_allowed: bool, reserved: tuple[str, ...], needs: tuple[str, ...]
+    file: ShardFile, index: int, n_buckets: int, videos_allowed: bool, reserved: tuple[str, ...], needs: tuple[str, ...]
 ) -> tuple:
     """One shard's checks. Returns (url, rows, index), then its id hashes split into one array per bucket.
 
     The task hands its hashes back rather than calling the buckets itself: a task blocked in ray.get lends its CPU
     out, so Ray starts another worker process for the next shard, and on a small node that process churn cost more
     than the checks (2 CPUs were slower than 1)."""
-    shard, table = read_valid_shard(url, reserved, needs)
+    shard, table = read_valid_shard(file, reserved, needs)
     if not videos_allowed and pc.any(pc.equal(table.column("media_type"), "video")).as_py():
-        raise SchemaError(url, "media_type", "videos are scored for quality only, not for this task")
+        raise SchemaError(file.url, "media_type", "videos are scored for quality only, not for this task")
     hashes = id_hashes(table.column("id").combine_chunks())
     which = hashes % np.uint64(n_buckets)
-    return ((url, shard.num_rows, index), *(hashes[which == i] for i in range(n_buckets)))
+    return ((file.url, shard.num_rows, index), *(hashes[which == i] for i in range(n_buckets)))
 
 
 def _ids_with_hashes(url: str, hashes: list[int]) -> list[str]:
     """The ids of a shard whose hash is one of `hashes`."""
-    ids = store.read_parquet(url, columns=["id"]).column("id").combine_chunks()
+    ids = read_shard(url, ["id"]).column("id").combine_chunks()
     return ids.filter(pa.array(np.isin(id_hashes(ids), np.array(hashes, dtype=np.uint64)))).to_pylist()
 
 
 def validate_manifest_shards(
-    urls: list[str],
+    files: list[ShardFile] | list[str],
     videos_allowed: bool = True,
     reserved: tuple[str, ...] = (),
     needs: tuple[str, ...] = (),
@@ -98,8 +98,12 @@ def validate_manifest_shards(
     """Check every shard of a manifest on the cluster (see the module docstring); raise SchemaError on the first
     problem, naming the shard and the column. `reserved`: column names the output adds, refused in a manifest;
     `needs`: optional manifest columns (schemas.OPTIONAL) that the scorer reads, required here.
-    Returns the shards in URL order."""
+    `files`: the listed shards (pipeline.corpora.shards.list_manifest), or URLs (each named by its file name).
+    Returns the shards in their order."""
     import ray
+
+    files = [ShardFile(f, store.basename(f)) if isinstance(f, str) else f for f in files]
+    urls = [f.url for f in files]
 
     from pipeline.infra.watchdog import wait_or_fail
 
@@ -111,13 +115,13 @@ def validate_manifest_shards(
     rows: dict[int, int] = {}
     pending: dict = {}  # a shard task's summary ref -> the refs of its hash parts (the driver never fetches those)
     adding: list = []  # the buckets' add calls not yet done
-    todo = list(enumerate(urls))
+    todo = list(enumerate(files))
     start = last_log = time.perf_counter()
     try:
         while todo or pending:
             while todo and len(pending) < window:
-                index, url = todo.pop(0)
-                summary, *parts = check.remote(url, index, len(buckets), videos_allowed, reserved, needs)
+                index, file = todo.pop(0)
+                summary, *parts = check.remote(file, index, len(buckets), videos_allowed, reserved, needs)
                 pending[summary] = parts
             done, _ = wait_or_fail(list(pending), stall_s, "manifest validation (shard checks)")
             for ref in done:
@@ -139,7 +143,7 @@ def validate_manifest_shards(
         # TaskManager::CompletePendingTask, seen when a duplicate id failed validation mid-window).
         for b in buckets:
             ray.kill(b)
-    return [Shard(url, store.basename(url), rows[i]) for i, url in enumerate(urls)]
+    return [Shard(f.url, f.name, rows[i], f.partitions) for i, f in enumerate(files)]
 
 
 def _confirm_duplicates(urls: list[str], buckets: list, stall_s: float) -> None:

@@ -65,7 +65,7 @@ class LabelShard:
 def read_label_shards(labels: str, eval_split: str = "eval") -> list[LabelShard]:
     """Every shard under `labels`, validated (labels/v1), with ids unique and no item in both splits."""
     shards = []
-    for url in list_shards(labels, recursive=True):
+    for url in list_shards(labels):
         fs, path = store.filesystem(url)
         data = store.retry(lambda fs=fs, path=path: fs.cat_file(path), f"read {url}")
         try:
