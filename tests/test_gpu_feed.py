@@ -33,7 +33,9 @@ def processors_own_pixels(pre: Preprocessor, frames: list[np.ndarray]) -> np.nda
     if pre.family.__name__.endswith("owl2_family"):
         return preprocess_frames(frames, pre.processor.image_processor).numpy()
     text = pre.prompt_text("image", len(frames))
-    out = pre.processor(text=[text], images=[frames], return_tensors="np", input_data_format="channels_last")
+    frames = pre.recipe.frames(frames, "image", pre.processor)  # a recipe's own resize comes first (Q-ReAlign's)
+    options = pre.recipe.processor_options
+    out = pre.processor(text=[text], images=[frames], return_tensors="np", input_data_format="channels_last", **options)
     return out["pixel_values"]
 
 

@@ -107,7 +107,8 @@ def create(name: str, args: ScorerArgs) -> LevelScorer:
         raise ValueError("--scorer lmm needs --model (a folder, registry entry or hub id)")
     # Only the small config files: the weights are the actors' to fetch, on their own nodes.
     recipe = recipes.for_checkpoint(checkpoint.metadata_folder(args.model_path), None, args.recipe)
-    levels = recipe.levels(args.levels.words)  # the scores of the words: the recipe's published scale
+    # The five standard words score on the recipe's published scale; a level set of one's own brings its own scores.
+    levels = recipe.levels() if args.levels == DEFAULT_LEVELS else args.levels
     return LevelScorer(
         args.model,
         args.model_path,
