@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.infra.media import MediaOptions, load_media  # noqa: E402
-from pipeline.samples.faults import FaultProxy  # noqa: E402
+from pipeline.samples.faults import FaultProxy, start_s3_server  # noqa: E402
 
 
 def photographs() -> list[np.ndarray]:
@@ -102,17 +102,8 @@ def run_job(args, manifest: str, output: str, env: dict) -> dict:
 
 
 def bench_fetch(args) -> None:
-    import logging
 
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    creds = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    os.environ.update(creds)
+    server, endpoint = start_s3_server()
     manifest = put_corpus(endpoint, args.items, (args.width, args.height))
     objects = 2 * args.items if args.scorer in ("psnr", "psnr-y", "ssim", "ms-ssim", "vtamiq") else args.items
     print(
@@ -121,7 +112,7 @@ def bench_fetch(args) -> None:
         f"fetch concurrency {args.fetch_concurrency or 'the job default'}"
     )
     with FaultProxy(endpoint, delay_s=args.delay_ms / 1000, track=lambda path: "/media/" in path) as proxy:
-        env = {**os.environ, **creds, "AWS_ENDPOINT_URL": proxy.url, "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
         base = None
         for rate in args.faults:

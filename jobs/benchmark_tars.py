@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jobs.benchmark_fetch import jpeg, photographs  # noqa: E402
-from pipeline.samples.faults import FaultProxy  # noqa: E402
+from pipeline.samples.faults import FaultProxy, start_s3_server  # noqa: E402
 
 
 def put_corpus(endpoint: str, items: int, tars: int, size: tuple[int, int], reference: str) -> tuple[str, str]:
@@ -95,17 +95,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args()
 
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    creds = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    os.environ.update(creds)
+    server, endpoint = start_s3_server()
     reference = str(Path(tempfile.mkdtemp(prefix="bench-tars-ref-")) / "reference.jpg")
     Path(reference).write_bytes(jpeg(photographs()[0], (args.width, args.height), quality=95))
     t0 = time.perf_counter()
@@ -117,7 +107,7 @@ def main() -> None:
     )
     track = lambda path: "/shards/" in path or "/media/" in path  # noqa: E731
     with FaultProxy(endpoint, delay_s=args.delay_ms / 1000, track=track) as proxy:
-        env = {**os.environ, **creds, "AWS_ENDPOINT_URL": proxy.url, "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
         for rate in args.faults:
             for layout, manifest in (("tars", tars), ("objects", objects)):

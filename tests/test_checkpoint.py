@@ -162,6 +162,7 @@ def test_hub_id_resolves_from_the_cache_offline(published):
     assert no_remote_code_ran(published)
 
 
+@pytest.mark.slow
 def test_import_to_registry_on_s3_then_score(published, s3_bucket, tmp_path):
     """(c) jobs/import_model.py writes an immutable safetensors version on S3; CURRENT is the first one."""
     _, bucket = s3_bucket
@@ -194,6 +195,7 @@ def test_import_to_registry_on_s3_then_score(published, s3_bucket, tmp_path):
     assert no_remote_code_ran(published)
 
 
+@pytest.mark.slow
 def test_the_scoring_job_runs_the_hub_id(ray_cluster, published, tmp_path):
     """The README's command with `--model q-future/one-align`: every actor resolves the same commit, converts once
     per node, and the rows record that commit."""

@@ -116,6 +116,7 @@ def assert_only_our_lines(output: str) -> None:
     assert not found, output
 
 
+@pytest.mark.slow
 def test_scoring_prints_its_plan_progress_and_summary_only(ray_cluster, tiny_models, tmp_path):
     rows = build_sample_corpus(str(tmp_path / "corpus"), photos=("astronaut", "coffee"), n_videos=1)
     rows.append({**rows[0], "id": "missing", "uri": str(tmp_path / "corpus" / "missing.jpg")})
@@ -145,6 +146,7 @@ def labels(tmp_path_factory) -> str:
     return str(root / "labels")
 
 
+@pytest.mark.slow
 def test_retraining_prints_one_line_per_epoch_then_the_table_and_the_decision(
     ray_cluster, tiny_models, labels, tmp_path
 ):

@@ -60,6 +60,7 @@ def scores_df(sample) -> pd.DataFrame:
     return read_dir(sample[1])
 
 
+@pytest.mark.slow
 def test_threshold_keeps_manifest_rows_with_their_schema(sample, scores_df, tmp_path):
     manifest, scores = sample
     scored = scores_df[scores_df.error.isna()]

@@ -170,6 +170,7 @@ def test_a_full_reference_row_fetches_its_reference_ahead_with_its_item(tmp_path
     assert all(names == ["fetch"] for names in threads.values()), threads  # each read once, ahead, on a fetch thread
 
 
+@pytest.mark.slow
 def test_transient_faults_lose_no_row_and_fail_no_row(proxied):
     fs, bucket, through = proxied
     n = 24

@@ -64,6 +64,7 @@ def fr_config(pairs: dict, output: str, scorer: str, **kw) -> JobConfig:
     return JobConfig(pairs["manifest"], output, scorer=scorer, batch_size=4, max_error_rate=0.5, **kw)
 
 
+@pytest.mark.slow
 def test_classical_metrics_score_pairs_and_name_what_cannot_be_compared(ray_cluster, pairs, tmp_path):
     outputs = {s: str(tmp_path / s) for s in ("psnr", "psnr-y", "ssim", "ms-ssim")}
     for scorer, output in outputs.items():
@@ -146,6 +147,7 @@ def test_a_pair_smaller_than_the_ssim_window_is_too_small_for_every_classical_ki
         assert error.value.kind == "too_small" and "8x8" in error.value.message, name
 
 
+@pytest.mark.slow
 def test_vtamiq_scores_equal_the_model_on_its_deterministic_patch_grid(ray_cluster, pairs, tmp_path):
     output = str(tmp_path / "vtamiq")
     run(fr_config(pairs, output, "vtamiq", model=pairs["vtamiq"]))
@@ -170,6 +172,7 @@ def test_vtamiq_scores_equal_the_model_on_its_deterministic_patch_grid(ray_clust
     assert {i: r["fr_score"] for i, r in scored(again).items()} == {i: r["fr_score"] for i, r in out.items()}
 
 
+@pytest.mark.slow
 def test_filter_and_report_on_full_reference_scores(ray_cluster, pairs, tmp_path):
     scores = str(tmp_path / "ms-ssim")
     run(fr_config(pairs, scores, "ms-ssim"))

@@ -130,6 +130,7 @@ def test_benchmark_builds_tiny_models_and_counts_full_sizes_without_building_the
     assert 0.7e9 < qwen < 1.0e9, qwen  # Qwen3.5-0.8B's scale
 
 
+@pytest.mark.slow
 def test_benchmark_measures_a_stage_process_start_up(tiny_models, tmp_path):
     """The start-up floor the benchmark prints is a fresh process's CPU to build a real stage: positive, and a stage
     that cannot be built (here: a folder without its weights) fails naming the stage instead of printing a figure."""

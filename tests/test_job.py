@@ -108,6 +108,7 @@ def test_scores_every_row_once_and_resumes(ray_cluster, corpus, tiny_models, tmp
     assert before[Path(output) / "part-00000.parquet"] == (Path(output) / "part-00000.parquet").stat().st_mtime_ns
 
 
+@pytest.mark.slow
 def test_refuses_to_mix_models_or_tasks(ray_cluster, corpus, tiny_models, tmp_path):
     manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
     write_manifest(corpus[:4], manifest, num_shards=1)
@@ -137,6 +138,7 @@ def test_bad_manifest_fails_before_any_scoring(ray_cluster, corpus, tiny_models,
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_error_rate_fails_loudly_after_committing(ray_cluster, corpus, tiny_models, tmp_path):
     manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
     write_manifest(corpus[:3] + corpus[-3:], manifest, num_shards=2)  # half the rows are bad
@@ -150,6 +152,7 @@ def test_error_rate_fails_loudly_after_committing(ray_cluster, corpus, tiny_mode
     assert json.loads((Path(output) / "_run.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_s3_manifest_media_and_output(ray_cluster, corpus, tiny_models, s3_bucket):
     fs, bucket = s3_bucket
     rows = []
@@ -208,6 +211,7 @@ def committed(output: str) -> int:
     return len(list((Path(output) / "_committed").glob("*.json"))) if (Path(output) / "_committed").exists() else 0
 
 
+@pytest.mark.slow
 def test_driver_killed_mid_run_then_rerun_gives_every_row_exactly_once(ray_cluster, many, tiny_models, tmp_path):
     manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
     rows = many
@@ -235,6 +239,7 @@ def test_driver_killed_mid_run_then_rerun_gives_every_row_exactly_once(ray_clust
     assert sorted(ids) == sorted(r["id"] for r in rows)  # every row exactly once: no loss, no duplicate
 
 
+@pytest.mark.slow
 def test_scorer_actor_killed_mid_run_is_restarted(ray_cluster, many, tiny_models, tmp_path):
     from ray.util.state import list_actors
 
@@ -266,6 +271,7 @@ def test_scorer_actor_killed_mid_run_is_restarted(ray_cluster, many, tiny_models
     assert sorted(all_ids(output)) == sorted(r["id"] for r in corpus)
 
 
+@pytest.mark.slow
 def test_whole_cluster_stopped_mid_run_then_rerun(ray_cluster, many, tiny_models, tmp_path):
     from conftest import start_cluster, stop_cluster
 
@@ -290,6 +296,7 @@ def test_whole_cluster_stopped_mid_run_then_rerun(ray_cluster, many, tiny_models
     assert sorted(all_ids(output)) == sorted(r["id"] for r in corpus)
 
 
+@pytest.mark.slow
 def test_ray_job_submit_against_a_running_cluster(ray_cluster, corpus, tiny_models, tmp_path):
     manifest, output = str(tmp_path / "manifest"), str(tmp_path / "scores")
     write_manifest(corpus[:6], manifest, num_shards=2)
@@ -320,6 +327,7 @@ def test_ray_job_submit_against_a_running_cluster(ray_cluster, corpus, tiny_mode
     assert sorted(all_ids(output)) == sorted(r["id"] for r in corpus[:6])
 
 
+@pytest.mark.slow
 def test_empty_manifest_shard_gets_an_empty_committed_output(ray_cluster, corpus, tiny_models, tmp_path):
     manifest, output = tmp_path / "manifest", str(tmp_path / "scores")
     write_manifest(corpus[:2], str(manifest), num_shards=1)
@@ -349,6 +357,7 @@ def test_manifest_columns_named_like_output_columns_or_unreadable_shards_fail_be
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_shards_that_yield_fewer_rows_than_validated_fail_the_job_and_are_not_committed(
     ray_cluster, corpus, tiny_models, tmp_path
 ):
@@ -381,6 +390,7 @@ def test_shards_that_yield_fewer_rows_than_validated_fail_the_job_and_are_not_co
     assert summary["this_run"]["shards"] == 2 and sorted(all_ids(output)) == sorted(r["id"] for r in rows)
 
 
+@pytest.mark.slow
 def test_no_rows_at_all_fails_naming_the_shard(ray_cluster, corpus, tiny_models, tmp_path):
     # The case that crashed the scoring loop (TypeError on the time of the first rows): no rows come back at all.
     manifest, output = tmp_path / "manifest", str(tmp_path / "scores")
@@ -395,6 +405,7 @@ def test_no_rows_at_all_fails_naming_the_shard(ray_cluster, corpus, tiny_models,
     assert committed(output) == 0 and read_output(output) == {}
 
 
+@pytest.mark.slow
 def test_200_images_with_a_tiny_qwen3_5_through_the_cli(ray_cluster, tiny_models, tmp_path):
     """Item by item the Q-ReAlign recipe, end to end: jobs/score_dataset.py on the session's Ray, 200 real images."""
     photos = build_sample_corpus(str(tmp_path / "corpus"), photos=("astronaut", "coffee", "chelsea"), n_videos=0)

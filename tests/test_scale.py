@@ -230,8 +230,7 @@ def test_training_resources_are_sized_to_the_cluster():
         Scaling(num_workers=1, cpus_per_worker=6).sized_for(cpus=16, gpus=0, node_cpus=4)
 
 
-@pytest.fixture
-def retrain_cmd(ray_cluster, tiny_models, tmp_path):
+def retrain_base(tiny_models, tmp_path) -> list[str]:
     """The retraining CLI on a small label set (two photographs of the sample corpus; coffee held out)."""
     corpus = build_sample_corpus(str(tmp_path / "corpus"), photos=("astronaut", "coffee"), n_videos=0)
     labels = [
@@ -249,7 +248,12 @@ def retrain_cmd(ray_cluster, tiny_models, tmp_path):
     ]
     write_label_shard(labels, str(tmp_path / "labels" / "b1" / "part-00000.parquet"))
     cmd = [sys.executable, str(REPO / "jobs/retrain.py"), "--labels", str(tmp_path / "labels")]
-    cmd += ["--base-model", tiny_models["llava"], "--registry", str(tmp_path / "models"), "--name", "s"]
+    return cmd + ["--base-model", tiny_models["llava"], "--registry", str(tmp_path / "models"), "--name", "s"]
+
+
+@pytest.fixture
+def retrain_cmd(ray_cluster, tiny_models, tmp_path):
+    cmd = retrain_base(tiny_models, tmp_path)
     return cmd + ["--epochs", "1", "--batch-size", "4", "--num-workers", "2", "--cpus-per-worker", "0.5"]
 
 
@@ -274,23 +278,7 @@ def test_a_stalled_retraining_stage_exits_1_naming_it(hold_cpus, retrain_cmd, ra
 
 
 def test_retrain_defaults_run_on_the_test_cluster_and_impossible_requests_fail_fast(ray_cluster, tiny_models, tmp_path):
-    corpus = build_sample_corpus(str(tmp_path / "corpus"), photos=("astronaut", "coffee"), n_videos=0)
-    labels = [
-        {
-            "id": r["id"],
-            "uri": r["uri"],
-            "media_type": "image",
-            "task": "quality",
-            "mos": float(r["mos"]),
-            "scale_min": 1.0,
-            "scale_max": 5.0,
-            "split": "eval" if r["source"] == "coffee" else "train",
-        }
-        for r in corpus
-    ]
-    write_label_shard(labels, str(tmp_path / "labels" / "b1" / "part-00000.parquet"))
-    base = [sys.executable, str(REPO / "jobs/retrain.py"), "--labels", str(tmp_path / "labels")]
-    base += ["--base-model", tiny_models["llava"], "--registry", str(tmp_path / "models"), "--name", "s"]
+    base = retrain_base(tiny_models, tmp_path)
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     for extra, message in [
         (["--num-workers", "4", "--cpus-per-worker", "1"], "--num-workers 4 --cpus-per-worker 1 --data-cpus 0.5"),

@@ -188,3 +188,21 @@ class FaultProxy:
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _relay
 
         return Handler
+
+
+def start_s3_server() -> tuple[object, str]:
+    """moto's S3 server on loopback with throwaway credentials in the environment (the benchmarks' object store).
+    Returns (server, endpoint URL); stop it with `server.stop()`."""
+    import logging
+    import os
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(
+        {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    )
+    return server, f"http://{host}:{port}"
