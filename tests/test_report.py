@@ -44,6 +44,7 @@ def data_uris(page: str, kind: str) -> list[Image.Image]:
     return [Image.open(io.BytesIO(base64.b64decode(b))) for b in found]
 
 
+@pytest.mark.slow
 def test_report_shows_plots_counts_and_thumbnails(sample, report):
     path, threshold = report
     page = path.read_text()

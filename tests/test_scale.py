@@ -58,6 +58,7 @@ def hold_cpus(ray_cluster):
         remove_placement_group(group)
 
 
+@pytest.mark.slow
 def test_ids_are_unique_across_shards_exactly(ray_cluster, tmp_path):
     ids = [[f"s{s}-{i}" for i in range(500)] for s in range(6)]
     urls = shard_files(tmp_path / "ok", ids)
@@ -126,6 +127,7 @@ def test_validation_stalls_fail_naming_the_stage(hold_cpus, tmp_path):
         within(120, lambda: validate_manifest_shards(urls, stall_s=3))
 
 
+@pytest.mark.slow
 def test_watched_fails_a_call_whose_work_cannot_be_placed_naming_its_stage(hold_cpus):
     """The retraining job's watchdog (`watched`): a blocking call whose Ray work waits unplaced fails, naming the
     stage and what waits; a call that finishes is returned as it is."""
@@ -142,6 +144,7 @@ def test_watched_fails_a_call_whose_work_cannot_be_placed_naming_its_stage(hold_
         )
 
 
+@pytest.mark.slow
 def test_a_starved_scoring_stage_fails_instead_of_hanging(hold_cpus, tiny_models, tmp_path):
     rows = build_sample_corpus(str(tmp_path / "corpus"), photos=("astronaut",), n_videos=0)
     write_manifest(rows, str(tmp_path / "manifest"), num_shards=1)
@@ -165,6 +168,7 @@ def config(manifest: Path, output: Path, model: str) -> JobConfig:
     return JobConfig(manifest=str(manifest), output=str(output), model=model, batch_size=4, max_error_rate=0.5)
 
 
+@pytest.mark.slow
 def test_reruns_reuse_the_validation_of_an_unchanged_manifest(ray_cluster, tiny_models, tmp_path):
     rows = build_sample_corpus(str(tmp_path / "corpus"), photos=("astronaut", "coffee"), n_videos=0)
     manifest, output = tmp_path / "manifest", tmp_path / "scores"
@@ -277,6 +281,7 @@ def test_a_stalled_retraining_stage_exits_1_naming_it(hold_cpus, retrain_cmd, ra
     assert not (tmp_path / "models" / "s" / "v0001").exists()
 
 
+@pytest.mark.slow
 def test_retrain_defaults_run_on_the_test_cluster_and_impossible_requests_fail_fast(ray_cluster, tiny_models, tmp_path):
     base = retrain_base(tiny_models, tmp_path)
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}

@@ -170,14 +170,15 @@ def test_a_webdataset_folder_on_s3_scores_one_shard_per_tar(ray_cluster, s3_buck
 
 
 @pytest.mark.slow
-def test_a_tar_corpus_killed_mid_run_then_rerun_gives_every_row_exactly_once(ray_cluster, tmp_path):
+def test_a_tar_corpus_killed_mid_run_then_rerun_gives_every_row_exactly_once(ray_cluster, tiny_models, tmp_path):
     root = tmp_path / "shards"
     root.mkdir()
-    shards = {f"{n:05d}": [f"{n}-{i}" for i in range(3)] for n in range(8)}
+    # enough model work (a tiny LMM, not a metric) that the kill lands while most archives are pending
+    shards = {f"{n:05d}": [f"{n}-{i}" for i in range(24)] for n in range(8)}
     write_shards(root, shards, tmp_path / "refs")
     output = tmp_path / "scores"
     cmd = [sys.executable, str(REPO / "jobs" / "score_dataset.py"), "--manifest", str(root), "--output", str(output)]
-    cmd += ["--scorer", "psnr", "--batch-size", "2"]
+    cmd += ["--model", tiny_models["llava"], "--batch-size", "2"]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     markers = output / "_committed"

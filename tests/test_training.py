@@ -627,6 +627,7 @@ def started_llava(tiny_models, small_train_rows, tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method, lr, steps, options, addition, srcc_bar",
     [
@@ -752,6 +753,7 @@ def run_job(args: list[str], env: dict) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_settings_before_doing_anything(tmp_path):
     """The configs check their values; the CLI turns a bad one into a usage error (exit 2), naming it."""
     common = ["--labels", str(tmp_path), "--base-model", str(tmp_path), "--registry", str(tmp_path), "--name", "n"]
@@ -791,6 +793,7 @@ def kill_one_training_worker() -> None:
     os.kill(workers[-1]["pid"], signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_retrain_on_object_storage_resumes_a_killed_driver_and_reruns_do_nothing(
     ray_cluster, s3_bucket, tiny_models, label_media
 ):
@@ -857,6 +860,7 @@ def test_retrain_on_object_storage_resumes_a_killed_driver_and_reruns_do_nothing
     assert registry.list_versions(entry) == ["v0001"]
 
 
+@pytest.mark.slow
 def test_retrain_with_llama_adapter_versions_its_artifact_and_the_scorer_applies_it(
     ray_cluster, tiny_models, label_media, tmp_path
 ):
@@ -898,6 +902,7 @@ def test_retrain_with_llama_adapter_versions_its_artifact_and_the_scorer_applies
     assert np.abs(job_scores - Scorer(base).score_media(media)[1]).max() > 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family, method, recipe",
     [("qwen3_5", "full", "q-realign"), ("qwen3_5", "lora", "q-realign"), ("instructblip", "full", "generic")],

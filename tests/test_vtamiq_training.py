@@ -169,6 +169,7 @@ def run_job(args: list[str]) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_retrain_versions_a_vtamiq_the_scorer_loads_and_a_killed_run_resumes_to_the_same_weights(
     ray_cluster, job_inputs, pairs, tmp_path
 ):
