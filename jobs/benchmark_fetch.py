@@ -5,13 +5,12 @@ decoding (decode-only images/s on 12-megapixel JPEGs, with and without the draft
     python jobs/benchmark_fetch.py --part fetch --items 96 --faults 0 0.1 0.25
     python jobs/benchmark_fetch.py --part fetch --code /work/main   # the same measurement on another checkout
 
-fetch: a moto S3 server on loopback holds a manifest and its images; a fault proxy (pipeline.samples.faults) in front
-of it
-delays each request (--delay-ms, a store's first-byte latency) and answers 503 SlowDown with the given probability.
-The real scoring job (`jobs/score_dataset.py`, a subprocess of --code's checkout, its own local Ray) reads the
-manifest and the media through the proxy; by default `--scorer psnr`, which isolates I/O and decode (each row reads
-its item and its reference). Printed per fault rate: media requests per object by method, all requests, the job's
-scoring time and its ratio to the fault-free run, rows lost and rows failed (both must be 0).
+fetch: a moto S3 server on loopback holds a manifest and its images; a fault proxy (pipeline.samples.faults) in front of
+it delays each request (--delay-ms, a store's first-byte latency) and answers 503 SlowDown with the given probability.
+The real scoring job (`jobs/score_dataset.py`, a subprocess of --code's checkout, its own local Ray) reads the manifest
+and the media through the proxy; by default `--scorer psnr`, which isolates I/O and decode (each row reads its item and
+its reference). Printed per fault rate: media requests per object by method, all requests, the job's scoring time and
+its ratio to the fault-free run, rows lost and rows failed (both must be 0).
 
 decode: `load_media` on local 12 MP JPEGs (scikit-image's photographs upscaled, q90): images/s with the draft off and
 on (draft side --draft-side: twice Q-Align's 448), and the ratio.

@@ -3,9 +3,8 @@
     python jobs/benchmark_fr_training.py   # about 9 minutes on 2 busy CPU cores, 7 of them the retraining run
 
 Builds the synthetic MOS set of pipeline.samples.synthetic as full-reference pairs (each item beside its pristine
-photograph
-at the same size and crop; whole photographs held out for the eval split), writes it as a labels/v2 shard, and runs
-the real retraining job (Ray Train, 2 CPU workers, DDP over gloo) on a from-scratch tiny VTAMIQ (no pretrained
+photograph at the same size and crop; whole photographs held out for the eval split), writes it as a labels/v2 shard,
+and runs the real retraining job (Ray Train, 2 CPU workers, DDP over gloo) on a from-scratch tiny VTAMIQ (no pretrained
 weights exist here). It prints the trained version's held-out SRCC and PLCC beside PSNR's and SSIM's on the same
 held-out pairs, and checks:
   (a) held-out SRCC >= 0.85;  (b) held-out PLCC >= 0.85;

@@ -5,9 +5,8 @@
 
 Validation: a synthetic manifest of N rows (100,000 a shard, ids and URIs like a web corpus) on local disk, checked
 by `pipeline.scoring.validation` on a fresh local Ray of C CPUs, in a fresh driver process per run: wall time, rows/s,
-and the
-driver's peak RSS (VmHWM; Ray's workers are other processes), with the growth between sizes. Scoring: a manifest of
-that many shards of small images, scored with a tiny LLaVA: the most shards the driver held partly gathered at once,
+and the driver's peak RSS (VmHWM; Ray's workers are other processes), with the growth between sizes. Scoring: a manifest
+of that many shards of small images, scored with a tiny LLaVA: the most shards the driver held partly gathered at once,
 and its peak RSS. Manifests are kept in --workdir between runs.
 """
 

@@ -3,8 +3,7 @@
     python jobs/benchmark_training.py [--adapters]   # about 8 minutes on 2 CPU cores (+7 with --adapters)
 
 Builds the synthetic MOS set of pipeline.samples.synthetic (scikit-image photographs at graded distortion levels, the
-MOS known
-from the level; whole photographs held out for the eval split), writes it as a label shard, and runs the real
+MOS known from the level; whole photographs held out for the eval split), writes it as a label shard, and runs the real
 retraining job (Ray Train, 2 CPU workers, DDP over gloo) on a from-scratch tiny LLaVA. It prints SRCC/PLCC before and
 after training, on training items and on the held-out photographs, and checks:
   (a) fit: SRCC on the training items >= 0.8 (their centre crops, the crop size the model trains on);

@@ -1,6 +1,5 @@
 """Reading media from S3 through a fault proxy (pipeline.samples.faults): requests per item, reads that overlap,
-transient
-faults that cost no row, limits that still hold.
+transient faults that cost no row, limits that still hold.
 
 The proxy sits between s3fs and the session's moto server; every test points AWS_ENDPOINT_URL at it (and clears
 s3fs's instance cache, which would keep a filesystem talking to the old endpoint).

@@ -1,4 +1,4 @@
-"""pipeline.infra.media and pipeline.samples.corpus on real data: scikit-image photos, H.264 mp4s written by PyAV,
+"""pipeline.infra.media and pipeline.samples.corpus on real data: scikit-image photos, H.264 mp4s written by PyAV, and
 decord.
 
 S3 tests run against moto's S3 server on loopback, reached through s3fs exactly as a real bucket would be.

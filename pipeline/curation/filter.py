@@ -51,8 +51,7 @@ from pipeline.infra import store
 from pipeline.infra.console import console
 
 # pipeline.corpora.shards and schemas are imported where used, by the driver only: they pull in torch (through the
-# levels),
-# which the Ray workers that filter shards never need, and each worker would pay seconds to import it.
+# levels), which the Ray workers that filter shards never need, and each worker would pay seconds to import it.
 
 QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 BINS = 4000  # over a column's range: 0.001 wide on the 1..5 level scale, 0.025 dB on PSNR's 0..100

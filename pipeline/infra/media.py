@@ -128,8 +128,7 @@ class MediaOptions:
     draft: bool = True
     draft_side: int | None = None
     # Items fetched at once by one decode worker (pipeline.scoring.stages.PrepareStage, through Prefetcher):
-    # object-store
-    # reads are latency-bound, so a worker keeps this many in flight while it decodes the one in hand.
+    # object-store reads are latency-bound, so a worker keeps this many in flight while it decodes the one in hand.
     fetch_concurrency: int = 8
 
     def __post_init__(self) -> None:

@@ -10,9 +10,8 @@ prepares one manifest row on a CPU worker, and scores a batch of prepared rows o
     columns = step([p.inputs for p in batch])      # {column: one value per row}
 
 A row's output columns are its `prepared.values` (known after preparation: frames, a metric computed on CPU), the
-device step's columns and the kind's constants. The job's stages (pipeline.scoring.job), the output schema, the
-filter, the
-report and the evaluation use only this protocol.
+device step's columns and the kind's constants. The job's stages (pipeline.scoring.job), the output schema, the filter,
+the report and the evaluation use only this protocol.
 
 Kinds: `lmm` (pipeline.scorers.lmm: an LMM reading level words), `psnr`, `psnr-y`, `ssim`, `ms-ssim` (classical metrics,
 pipeline.scorers.full_reference) and `vtamiq` (pipeline.scorers.vtamiq). To add a third kind of scorer, write one

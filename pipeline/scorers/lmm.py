@@ -1,8 +1,8 @@
 """`lmm`: an LMM asked "the quality of the image is <level>", read back as level probabilities and a score.
 
 Preparation decodes the item and runs the model's own processor on it (pipeline.scorers.lmm_model.Preprocessor); the
-device
-step is one forward pass per batch, reading the level words' next-token logits only (pipeline.scorers.lmm_model.Scorer).
+device step is one forward pass per batch, reading the level words' next-token logits only
+(pipeline.scorers.lmm_model.Scorer).
 """
 
 from __future__ import annotations

@@ -144,10 +144,10 @@ SCORER_TASKS_IN_FLIGHT = 3
 
 
 def execute(plan: Plan, log=console.say) -> tuple[Counter, dict[str, float], dict[str, str]]:
-    """Run the pipeline over the plan's pending shards that hold rows, committing each as it completes. Returns
-    counts, timings (the time
-    to the first scored rows, i.e. actor start-up and model load, and the steady rate after it) and the shards that
-    yielded fewer rows than validation counted (name -> "rows seen of rows expected"), which are not committed."""
+    """Run the pipeline over the plan's pending shards that hold rows, committing each as it completes. Returns counts,
+    timings (the time to the first scored rows, i.e. actor start-up and model load, and the steady rate after it) and
+    the shards that yielded fewer rows than validation counted (name -> "rows seen of rows expected"), which are not
+    committed."""
     import ray
 
     config, kind, output = plan.config, plan.kind, plan.output

@@ -2,9 +2,8 @@
 
 Data: label rows are read from the shards by Ray Data, and a CPU stage (`ExampleBuilder`) decodes the media, applies
 the optional augmentation (random crop, flip), draws a question and prepares the example (pipeline.qalign.syllabus);
-it runs
-again every epoch, so crops and questions are new each time. Those draws come from generators seeded by (run seed,
-epoch, item id), so a run's examples are the same however its blocks are spread over workers or it is resumed; the
+it runs again every epoch, so crops and questions are new each time. Those draws come from generators seeded by (run
+seed, epoch, item id), so a run's examples are the same however its blocks are spread over workers or it is resumed; the
 epoch reaches the data tasks through a tiny actor (`EpochClock`) that rank 0 sets before each epoch's pass begins.
 Objective: cross-entropy on the answer tokens only, read at each row's last tokens the same way the scorer reads each
 row's last hidden state; at the level word, against the hard or soft level target.
@@ -344,12 +343,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     from transformers import get_cosine_schedule_with_warmup
 
-    recipe = Recipe(**config["recipe"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    recipe, rank, world, device = worker_setup(config)
     torch.manual_seed(recipe.seed)  # the same adapter / prompt initialisation on every rank
 
     parent = registry.local_path(config["parent"])
@@ -442,9 +436,20 @@ def resume(load: Callable[[dict], None], optimizer, scheduler) -> tuple[int, lis
     return state["epoch"] + 1, state["history"]
 
 
+def worker_setup(config: dict) -> tuple[Recipe, int, int, torch.device]:
+    """A Ray Train worker's recipe, rank, world size and device; on CPU, its torch threads to its share of cores."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    return Recipe(**config["recipe"]), context.get_world_rank(), context.get_world_size(), device
+
+
 def rank_zero_say(rank: int, console) -> Callable[[str], None]:
-    """A training worker's `say`: rank 0's lines go to its own log and, through the driver
-    (pipeline.infra.console.Relay,
+    """A training worker's `say`: rank 0's lines go to its own log and, through the driver (a console Relay,
     or None), to the user; the other ranks' are dropped (every rank would say the same)."""
     import ray
 

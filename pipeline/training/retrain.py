@@ -427,8 +427,7 @@ def retrain(config: RetrainConfig) -> Outcome:
 
 def evaluation_table(metrics: dict) -> str:
     """SRCC, PLCC and the level loss (pipeline.training.evaluation.rate) before and after training, on the training
-    sample and
-    on the held-out items."""
+    sample and on the held-out items."""
 
     def cell(m: dict | None, key: str) -> str:
         value = m.get(key) if m and m.get("n") else None

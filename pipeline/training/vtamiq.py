@@ -38,6 +38,7 @@ from pipeline.training.lmm import (
     report_epoch,
     resume,
     trainer_configs,
+    worker_setup,
 )
 
 DEFAULT_LR = 1e-4  # VTAMIQ's AdamW learning rate when --lr is not given
@@ -142,12 +143,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from pipeline.models.vtamiq import VTAMIQ, collate, vtamiq_loss
 
-    recipe = Recipe(**config["recipe"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    recipe, rank, world, device = worker_setup(config)
     console = config.get("console")
     say = rank_zero_say(rank, console)
 
