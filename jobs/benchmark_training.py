@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--budget-s", type=float, default=600.0)
+    p.add_argument("--seed", type=int, default=0, help="the model's initialisation and the training's draws")
     p.add_argument(
         "--adapters", action="store_true", help="also run LoRA, visual-prompt and llama-adapter rounds on new batches"
     )
@@ -82,7 +83,15 @@ def figures(name: str, metrics: dict) -> str:
 
 
 def adapter_round(
-    config: RetrainConfig, workdir: str, batch: int, method: str, lr: float, options: dict, epochs: int, kind: str
+    config: RetrainConfig,
+    workdir: str,
+    batch: int,
+    method: str,
+    lr: float,
+    options: dict,
+    epochs: int,
+    kind: str,
+    seed: int,
 ) -> dict:
     """Fold label batch `batch` (new items of distortion `kind`, built here) into a copy of the promoted entry with
     `method`; print and return the round's metrics."""
@@ -97,7 +106,9 @@ def adapter_round(
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(registry.entry_url(config.registry, config.name), target)
     shards = os.path.join(labels, f"batch-000[1{batch}]", "part-*.parquet")  # the first batch and its own
-    recipe = Recipe(method=method, epochs=epochs, lr=lr, batch_size=32, crop=32, hflip=True, views=16, options=options)
+    recipe = Recipe(
+        method=method, epochs=epochs, lr=lr, batch_size=32, crop=32, hflip=True, views=16, options=options, seed=seed
+    )
     result = retrain(RetrainConfig(shards, config.base_model, config.registry, name, recipe, config.scaling))
     losses = ", ".join(f"{e['loss']:.4f}" for e in result.metrics["training"])
     train, held = result.metrics["train"], result.metrics["held_out"]
@@ -125,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = build_learning_set(os.path.join(workdir, "media"), train_kinds=kinds)
     labels = os.path.join(workdir, "labels")
     write_label_shard(rows, os.path.join(labels, "batch-0001", "part-00000.parquet"))
-    base = str(make_tiny_model("llava", os.path.join(workdir, "base"), seed=0, vision=VISION))
+    base = str(make_tiny_model("llava", os.path.join(workdir, "base"), seed=args.seed, vision=VISION))
     n_train, n_eval = sum(r["split"] == "train" for r in rows), sum(r["split"] == "eval" for r in rows)
     print(
         f"set: {n_train} training items ({len(TRAIN_PHOTOS)} photographs; {', '.join(kinds)}), {n_eval} held-out "
@@ -143,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         hflip=True,
         views=args.views,
         shuffle_buffer=2048,
+        seed=args.seed,
     )
     scaling = Scaling(num_workers=args.num_workers, cpus_per_worker=0.5, data_cpus=0.5, data_actors=1)
     config = RetrainConfig(labels, base, os.path.join(workdir, "registry"), "bench", recipe, scaling)
@@ -170,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         parent = registry.current_version(registry.entry_url(config.registry, config.name))
         print(f"adapters on top of {parent}, one new label batch of {args.new_kind} items each:", flush=True)
         for batch, (method, (lr, options)) in enumerate(ADAPTER_ROUNDS.items(), start=2):
-            adapter_round(config, workdir, batch, method, lr, options, args.adapter_epochs, args.new_kind)
+            adapter_round(config, workdir, batch, method, lr, options, args.adapter_epochs, args.new_kind, args.seed)
     return 0 if all(checks.values()) else 1
 
 
