@@ -8,8 +8,11 @@ from pipeline.corpora.shards import read_valid_shard
 from pipeline.infra import store
 from pipeline.qalign.levels import DEFAULT_LEVELS, Levels
 from schemas import (
+    MANIFEST_V1,
     MAX_ID_BYTES,
     SchemaError,
+    check_columns,
+    is_string_like,
     level_columns,
     output_columns,
     scores_schema,
@@ -44,6 +47,38 @@ def test_valid_manifest_with_extra_columns_passes():
         ),
         "p",
     )
+
+
+# Every string-like type the writers of manifests use (Arrow-native writers: string_view; pandas categoricals:
+# dictionary<string>), checked by the schemas alone: the shard reader casts them to string before the check, so
+# only this test sees the check itself.
+STRING_LIKE = [
+    pa.string(),
+    pa.large_string(),
+    pa.string_view(),
+    pa.dictionary(pa.int32(), pa.string()),
+    pa.dictionary(pa.int8(), pa.large_string()),
+    pa.dictionary(pa.int32(), pa.string_view()),
+]
+
+
+@pytest.mark.parametrize("kind", STRING_LIKE, ids=str)
+def test_string_like_types_pass_the_schema_check_where_a_string_is_expected(kind):
+    assert is_string_like(kind)
+    schema = pa.schema([(name, kind) for name in MANIFEST_V1.names])
+    check_columns(schema, MANIFEST_V1, "s.parquet")  # from a footer's schema
+    column = pa.array(["a", "b"]).cast(kind)
+    check_columns(pa.table({name: column for name in MANIFEST_V1.names}), MANIFEST_V1, "s.parquet")  # from rows
+
+
+@pytest.mark.parametrize(
+    "kind", [pa.int64(), pa.binary(), pa.binary_view(), pa.dictionary(pa.int32(), pa.int64())], ids=str
+)
+def test_types_that_are_not_string_like_fail_the_schema_check_naming_them(kind):
+    assert not is_string_like(kind)
+    schema = pa.schema([("id", kind), ("uri", pa.string()), ("media_type", pa.string())])
+    with pytest.raises(SchemaError, match=f"s.parquet: column 'id': has type {kind}"):
+        check_columns(schema, MANIFEST_V1, "s.parquet")
 
 
 @pytest.mark.parametrize(
