@@ -262,6 +262,23 @@ def test_image_bytes_inside_parquet_score_with_no_fetch_and_stay_out_of_the_outp
     for table in tables.values():
         assert not {"image", "jpg", BYTES} & set(table.column_names)  # the bytes never reach the score rows
 
+    # Filtered, such a shard keeps its bytes column as stored (its items: a manifest again), and nothing is implied.
+    scored = {i: r["fr_score"] for i, r in rows.items() if r["error"] is None}
+    threshold = sorted(scored.values())[1]
+    keep = sorted(i for i, s in scored.items() if s >= threshold)
+    kept = tmp_path / "kept"
+    assert run_filter(FilterConfig(str(manifest), str(output), str(kept), min_score=threshold))["rows_kept"] == 3
+    filtered = scores_of(kept)
+    assert sorted(r["id"] for t in filtered.values() for r in t.to_pylist()) == keep
+    for name, table in filtered.items():
+        source = pq.read_table(manifest / name)
+        assert table.schema == source.schema  # the same columns and types: no _bytes, no uri or media_type added
+        by_id = {r["id"]: r for r in source.to_pylist()}
+        assert all(r == by_id[r["id"]] for r in table.to_pylist())  # the rows as they are, bytes and all
+    again = run(JobConfig(str(kept), str(tmp_path / "rescored"), scorer="psnr", batch_size=2))
+    assert again["rows"] == 3 and again["errors"] == 0  # scored from the kept bytes, no fetch
+    assert collect(str(output), str(manifest)).manifest_rows == 5
+
     two = hf_image_shard(pairs, [0], with_path=True).append_column("thumb", pa.array([b"x"], pa.binary()))
     write(tmp_path / "two" / "part-0.parquet", two)
     with pytest.raises(SchemaError, match=r"more than one column of image bytes \['image', 'thumb'\]"):

@@ -20,10 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.corpora.shards import BYTES, READ_ERROR, list_manifest, read_rows
+from pipeline import cli
+from pipeline.corpora.shards import BYTES, READ_ERROR, list_manifest, read_rows, write_manifest
 from pipeline.corpora.tars import stream_members, tar_uri
 from pipeline.corpora.webdataset import index_table
 from pipeline.infra.media import MediaError
+from pipeline.samples.corpus import load_photo, pan_zoom_frames, write_video
 from pipeline.scoring.job import JobConfig, run
 from tests.test_job import wait_for
 
@@ -167,6 +169,83 @@ def test_a_webdataset_folder_on_s3_scores_one_shard_per_tar(ray_cluster, s3_buck
     assert first[0]["uri"] == f"tar://k-0.png::s3://{bucket}/laion-shards/00000.tar"
     recorded = json.loads(fs.cat(f"{bucket}/scores/_manifest.json"))
     assert recorded["skipped"] == {"00000.parquet": 1, "00001.parquet": 1}
+
+
+def scores_by_id(folder: Path) -> dict[str, dict]:
+    return {r["id"]: r for p in sorted(folder.glob("*.parquet")) for r in pq.read_table(p).to_pylist()}
+
+
+@pytest.mark.slow
+def test_a_webdataset_folder_as_manifest_filters_to_tar_rows_and_reports(ray_cluster, tmp_path):
+    root = tmp_path / "shards"
+    root.mkdir()
+    write_shards(
+        root, {"00000": [f"a-{i}" for i in range(4)], "00001": [f"b-{i}" for i in range(4)]}, tmp_path / "r", 1
+    )
+    scores = tmp_path / "scores"
+    run(JobConfig(str(root), str(scores), scorer="psnr", batch_size=2))
+    scored = scores_by_id(scores)
+    assert len(scored) == 6 and all(r["error"] is None for r in scored.values())
+    threshold = float(np.median([r["fr_score"] for r in scored.values()]))
+    keep = sorted(i for i, r in scored.items() if r["fr_score"] >= threshold)
+    assert 0 < len(keep) < 6
+
+    kept = tmp_path / "kept"
+    argv = ["--manifest", str(root), "--scores", str(scores), "--output", str(kept), "--min-score", str(threshold)]
+    assert cli.main("filter", argv) == 0
+    # The kept rows of each tar, as a Parquet shard named like the tar's: its index rows (tar:// uris, the sidecar's
+    # columns), no bytes, no copy of a tar.
+    assert sorted(p.name for p in kept.iterdir() if not p.name.startswith("_")) == ["00000.parquet", "00001.parquet"]
+    rows = scores_by_id(kept)
+    assert sorted(rows) == keep
+    for i, row in rows.items():
+        assert row["uri"] == tar_uri(f"{i}.png", str(root / f"0000{i[0] == 'b':d}.tar")) == scored[i]["uri"]
+        assert row["caption"] == f"caption {i}" and row["status"] == "success" and "fr_score" not in row
+    filtered = json.loads((kept / "_filter.json").read_text())
+    assert filtered["rows_in"] == 6 and filtered["rows_kept"] == len(keep)
+
+    # the scoring job reads the filtered corpus back: the same members, the same scores
+    run(JobConfig(str(kept), str(tmp_path / "rescored"), scorer="psnr", batch_size=2))
+    rescored = scores_by_id(tmp_path / "rescored")
+    assert {i: r["fr_score"] for i, r in rescored.items()} == {i: scored[i]["fr_score"] for i in keep}
+
+    report = tmp_path / "report"
+    argv = ["--scores", str(scores), "--manifest", str(root), "--out", str(report), "--min-score", str(threshold)]
+    assert cli.main("report", [*argv, "--thumbnails", "6"]) == 0
+    page = (report / "index.html").read_text()
+    assert "<td>manifest rows</td><td>6</td>" in page and "<td>manifest rows without a score row</td><td>0</td>" in page
+    for i in keep:  # each kept row named under its thumbnail (read from its tar), marked kept
+        assert f'<div class="score kept">{scored[i]["fr_score"]:.3f}</div><div>{i}</div>' in page
+    assert "unavailable" not in page
+
+
+@pytest.mark.slow
+def test_video_members_of_a_tar_score_as_the_same_videos_stored_as_objects(ray_cluster, tiny_models, tmp_path):
+    """video2dataset's layout: mp4 members decode with the sampling of video objects (1 fps here: 2 and 3 frames)."""
+    videos, root = tmp_path / "videos", tmp_path / "shards"
+    videos.mkdir()
+    root.mkdir()
+    with tarfile.open(root / "00000.tar", "w") as tar:
+        for i, n_frames in enumerate((20, 30)):  # 2 s and 3 s at 10 fps
+            path = videos / f"clip-{i}.mp4"
+            write_video(str(path), pan_zoom_frames(load_photo("rocket"), n_frames, size=(64, 48)), fps=10)
+            tar.add(path, arcname=path.name)
+            info = tarfile.TarInfo(f"clip-{i}.json")  # video2dataset writes metadata beside each clip
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+    objects = [{"id": f"clip-{i}", "uri": str(videos / f"clip-{i}.mp4"), "media_type": "video"} for i in range(2)]
+    write_manifest(objects, str(tmp_path / "objects"), num_shards=1)
+    for manifest, output in ((root, "from-tar"), (tmp_path / "objects", "from-objects")):
+        run(JobConfig(str(manifest), str(tmp_path / output), model=tiny_models["llava"], batch_size=2))
+    tar_rows, object_rows = scores_by_id(tmp_path / "from-tar"), scores_by_id(tmp_path / "from-objects")
+    assert sorted(tar_rows) == sorted(object_rows) == ["clip-0", "clip-1"]
+    assert [tar_rows[i]["frames"] for i in ("clip-0", "clip-1")] == [2, 3]
+    for i, row in tar_rows.items():
+        other = object_rows[i]
+        assert row["error"] is None and row["media_type"] == "video" and row["uri"].startswith("tar://")
+        assert row["frames"] == other["frames"]
+        for column in ("score", "p_excellent", "p_good", "p_fair", "p_poor", "p_bad"):
+            assert row[column] == pytest.approx(other[column], abs=1e-6), (i, column)
 
 
 @pytest.mark.slow

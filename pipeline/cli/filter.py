@@ -8,6 +8,8 @@ examples:
   qcurate filter ... --scores scores/vtamiq --column psnr --min-score 30     # full-reference: any metric column
 
 The output is a manifest again (the input's rows and columns, no score columns), for training or another scoring run.
+--manifest takes every layout the scorer takes; a WebDataset folder's kept rows are written as Parquet shards of
+tar://<member>::<tar> rows (plus its Parquet's columns), no tar copied; inline image bytes stay in the kept rows.
 --min-score/--max-score apply to the scorer's headline column (an LMM's score, a full-reference fr_score) or to
 --column. --where is a pandas expression over the score columns (p_<level>, score, frames, fr_score, psnr, ssim,
 media_type, extra manifest columns, ...): comparisons, arithmetic, and/or/not, `in [...]`; no function calls.
@@ -24,7 +26,7 @@ from schemas import SchemaError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--manifest", required=True, help="folder (or glob) of manifest Parquet shards, any fsspec URL")
+    p.add_argument("--manifest", required=True, help="the manifest that was scored, as given to `qcurate score`")
     p.add_argument("--scores", required=True, help="output folder of the scoring run (committed shards are read)")
     p.add_argument("--output", required=True, help="folder for the filtered manifest, any fsspec URL")
     p.add_argument("--min-score", type=float, help="keep rows with score (or --column) >= this")

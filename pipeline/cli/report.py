@@ -22,7 +22,7 @@ from schemas import SchemaError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scores", required=True, help="output folder of the scoring run, any fsspec URL")
-    p.add_argument("--manifest", help="the manifest that was scored (optional)")
+    p.add_argument("--manifest", help="the manifest that was scored, as given to `qcurate score` (optional)")
     p.add_argument("--out", required=True, help="folder to write index.html into")
     p.add_argument("--min-score", type=float, help="show what this threshold keeps and drops")
     p.add_argument("--thumbnails", type=int, default=8, help="lowest and highest scored items shown (default 8)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -116,6 +116,22 @@ def _webdataset_files(manifest: str, root: str, listed: dict[str, dict], fs) -> 
     return files
 
 
+# Where the scoring job writes each WebDataset tar's index (its manifest rows) under its output: pipeline.scoring.plan.
+INDEX_FOLDER = "_index"
+
+
+def rows_url(file: ShardFile, output: str) -> str:
+    """Where a listed shard's manifest rows are read: the file itself, or a WebDataset tar's index under the output
+    of the scoring run over it (`<output>/_index/<name>`, an ordinary Parquet manifest of tar:// rows)."""
+    return store.join(output, INDEX_FOLDER, file.name) if file.webdataset else file.url
+
+
+def scored_manifest(manifest: str, scores: str) -> list[ShardFile]:
+    """The manifest's shards as the scoring run that wrote `scores` read them (list_manifest, each at its rows_url):
+    what the filter and the report read, so that they take every layout the scoring job takes, read one way."""
+    return [replace(f, url=rows_url(f, scores)) for f in list_manifest(manifest)]
+
+
 def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/"))
 
@@ -169,17 +185,23 @@ def shard_schema(url: str, partitions: Partitions = ()) -> pa.Schema:
 
 
 def read_shard(
-    url: str, columns: list[str] | None = None, partitions: Partitions = (), name: str | None = None
+    url: str,
+    columns: list[str] | None = None,
+    partitions: Partitions = (),
+    name: str | None = None,
+    bytes_as_stored: bool = False,
 ) -> pa.Table:
     """A shard's rows (all columns, or `columns`) as shard_schema says; corrupt data is a SchemaError naming the
-    shard, as in read_shard_schema. A bytes column (pipeline.corpora.inline) is never read unless BYTES is asked for.
+    shard, as in read_shard_schema. A bytes column (pipeline.corpora.inline) is never read unless BYTES is asked for;
+    with `bytes_as_stored` it is read as any other column, as the file stores it, and implies no uri or media_type
+    (the filter writes such a shard's kept rows again: the bytes are its items, the only copy there is of them).
 
     The manifest's own string columns (id, uri, media_type, ref_uri) come as `string` whatever string-like type the
     writer chose (large_string, string_view, dictionary<string>: the values are the same), string_view columns as
     `string` too; other columns keep their type (plain_type).
     """
     file_schema = read_shard_schema(url)
-    inline = bytes_column(file_schema, url)
+    inline = None if bytes_as_stored else bytes_column(file_schema, url)
     wanted = [*file_schema.names, "uri", "media_type"] if columns is None else columns
     missing = inline is not None and any(c in wanted and c not in file_schema.names for c in ("uri", "media_type"))
     read = [
@@ -226,13 +248,15 @@ def as_plain_strings(table: pa.Table) -> pa.Table:
 
 
 def filter_rows(table: pa.Table, mask: pa.Array) -> pa.Table:
-    """table.filter(mask), keeping the table's schema whatever its types: string_view columns (Arrow has no filter
-    kernel for them) are filtered as string and cast back."""
-    views = [i for i, f in enumerate(table.schema) if pa.types.is_string_view(f.type)]
+    """table.filter(mask), keeping the table's schema whatever its types: string_view and binary_view columns (a
+    bytes column as stored; Arrow has no filter kernel for views) are filtered as string and binary and cast back."""
+    views = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
+    cast = [i for i, f in enumerate(table.schema) if f.type in views]
     plain = table
-    for i in views:
-        plain = plain.set_column(i, table.schema.field(i).with_type(pa.string()), table.column(i).cast(pa.string()))
-    return plain.filter(mask).cast(table.schema) if views else table.filter(mask)
+    for i in cast:
+        field = table.schema.field(i)
+        plain = plain.set_column(i, field.with_type(views[field.type]), table.column(i).cast(views[field.type]))
+    return plain.filter(mask).cast(table.schema) if cast else table.filter(mask)
 
 
 # Rows per block of an archive's rows: the read task hands them on as it streams, never the whole archive at once.

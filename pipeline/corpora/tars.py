@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tarfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.infra import store
 from pipeline.infra.media import MediaError
@@ -88,3 +89,21 @@ def stream_members(archive: str, wanted: set[str], limit: int) -> Iterator[tuple
         return
     kind, why = ("archive_truncated", "ends before its end marker") if cut else ("not_in_archive", "has no such member")
     yield from ((n, MediaError(kind, f"{tar_uri(n, archive)}: the archive {why}")) for n in sorted(left))
+
+
+def read_members(uris: list[str], limit: int) -> dict[str, bytes | MediaError]:
+    """uri -> its bytes (or the MediaError that stands for them) for each tar:// uri among `uris`, each archive
+    streamed once (stream_members), the archives side by side; other uris are left out. For a few items (the
+    report's thumbnails): the scoring job streams its archives in its read tasks (pipeline.corpora.shards)."""
+    wanted: dict[str, dict[str, list[str]]] = {}  # archive -> member -> the uris that name it
+    for uri in uris:
+        split = split_tar_uri(uri)
+        if split is not None:
+            wanted.setdefault(split[1], {}).setdefault(split[0], []).append(uri)
+
+    def read(archive: str) -> list[tuple[str, bytes | MediaError]]:
+        members = wanted[archive]
+        return [(uri, got) for member, got in stream_members(archive, set(members), limit) for uri in members[member]]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # object-store reads overlap
+        return {uri: got for pairs in pool.map(read, wanted) for uri, got in pairs}

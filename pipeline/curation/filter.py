@@ -9,8 +9,15 @@ needs, writes the kept rows and returns small statistics. The driver only merges
 not grow with the number of rows.
 
 Decisions worth knowing:
-- Output rows are the manifest's rows, unchanged, with exactly the manifest shard's schema (no score columns): the
-  output is a manifest again, for the next training run or another scoring pass.
+- The manifest is read as the scoring job read it (pipeline.corpora.shards.scored_manifest and read_shard), so every
+  layout the job takes filters. Output rows are the manifest's rows with the manifest shard's columns, no score
+  columns (string-like columns come as `string`, as in the score output): the output is a manifest again, for the
+  next training run or another scoring pass. A shard in a sub-folder or a hive partition keeps its relative path
+  (partition keys stay folders). A shard holding its images' bytes (pipeline.corpora.inline) keeps its bytes column
+  as stored: the bytes are its items, and without them the output could not be scored or trained on again. A
+  WebDataset tar's kept rows are its index rows (`tar://<member>::<tar>` uris, the sidecar Parquet's columns), as a
+  Parquet shard of the same name (`00000.parquet`): no tar is copied, and the scoring job reads the output back as a
+  manifest of tar members.
 - A shard with no kept rows writes NO file (the scoring job cannot take 0-row shards); `_filter.json` lists it under
   `shards` with `rows_kept: 0`. Every written shard has the name of its input shard.
 - `_filter.json` is written last: its presence means the output is complete. On any failure the output folder, which
@@ -46,12 +53,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.corpora.inline import bytes_column
-from pipeline.corpora.shards import filter_rows
+from pipeline.corpora.shards import check_manifest_schema, filter_rows, read_shard, scored_manifest
 from pipeline.infra import store
 from pipeline.infra.console import console
-
-# pipeline.corpora.shards and schemas are imported where used, by the driver only: they pull in torch (through the
-# levels), which the Ray workers that filter shards never need, and each worker would pay seconds to import it.
+from schemas import SchemaError, ScoreColumns, output_columns
 
 QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 BINS = 4000  # over a column's range: 0.001 wide on the 1..5 level scale, 0.025 dB on PSNR's 0..100
@@ -68,8 +73,6 @@ class FilterError(ValueError):
 def score_columns(schema: pa.Schema, column: str | None = None) -> tuple[object, str]:
     """The scorer's columns of a score shard (schemas.ScoreColumns) and the column to threshold: `column`, one of
     the scorer's numeric columns, or by default its headline column (an LMM's `score`, a full-reference `fr_score`)."""
-    from schemas import SchemaError, ScoreColumns
-
     try:
         columns = ScoreColumns.of(schema)
     except SchemaError as e:
@@ -287,7 +290,11 @@ def filter_shard(item: dict, spec: ShardSpec) -> dict:
     cfg, words = spec.config, spec.words
     result = ShardResult(item["name"], kept_per_level=np.zeros(len(words), np.int64))
     result.hist_in, result.hist_kept = ScoreHistogram(spec.lo, spec.hi), ScoreHistogram(spec.lo, spec.hi)
-    manifest = store.read_parquet(item["manifest"])
+    try:
+        manifest = read_shard(item["manifest"], name=item["name"], bytes_as_stored=True)
+    except SchemaError as e:  # rewritten or removed since the plan read its footer
+        result.problem = str(e)
+        return {"result": pickle.dumps(result)}
     result.rows_in = manifest.num_rows
     # (uri and media_type: implied where the shard holds its images' bytes, pipeline.corpora.inline)
     implied = ("uri", "media_type") if bytes_column(manifest.schema, item["manifest"]) else ()
@@ -380,11 +387,9 @@ def _remove(url: str) -> None:
 
 def _plan(cfg: FilterConfig) -> tuple[list[dict], pa.Schema]:
     """Shard items (name, manifest URL, score URL or None) and the score schema, checked before any work."""
-    from pipeline.corpora.shards import check_manifest_schema, list_manifest
     from pipeline.scoring.commit import Output
-    from schemas import output_columns
 
-    files = list_manifest(cfg.manifest)
+    files = scored_manifest(cfg.manifest, cfg.scores)  # a WebDataset tar's rows: its index, which the scoring wrote
     scores = Output(cfg.scores)
     committed = scores.committed()
     # A shard's name is its path under the manifest folder: the kept rows go to the same path under the output, so a
@@ -412,8 +417,16 @@ def _plan(cfg: FilterConfig) -> tuple[list[dict], pa.Schema]:
     # The manifest rules of the scoring job hold here too, checked from the footers before anything is written: a
     # readable file, the manifest's columns, none named like a score column (in --where, `score` means the model's).
     reserved = output_columns(columns)
-    for url in manifest_urls:
-        check_manifest_schema(url, reserved)
+    for f in files:
+        try:
+            check_manifest_schema(f.url, reserved, partitions=f.partitions)
+        except SchemaError as e:
+            if not f.webdataset:
+                raise
+            raise FilterError(
+                f"{e} (a WebDataset shard's rows are the index that scoring {cfg.manifest} wrote into its output: "
+                f"is --scores {cfg.scores} that output?)"
+            ) from e
     return items, schema
 
 

@@ -9,6 +9,9 @@ histogram. What kind of scorer wrote the shards, and so what their headline colu
 The score shards are read one at a time and only their statistics are kept (a fixed-bin histogram, sums, counts and
 the N lowest/highest rows), so memory does not grow with the run's size. Plots are drawn by matplotlib's Agg canvas
 (no pyplot, no display) and embedded as PNG data URIs; thumbnails as JPEG data URIs. No external CSS or JS.
+
+`--manifest` is read as the scoring run read it (pipeline.corpora.shards.scored_manifest), in any layout: a WebDataset
+folder's rows are the index the run wrote under its output. Thumbnails of tar members are read archive by archive.
 """
 
 from __future__ import annotations
@@ -18,19 +21,20 @@ import html
 import io
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from pipeline.corpora.shards import list_manifest
+from pipeline.corpora.shards import ShardFile, list_manifest, read_shard, scored_manifest, shard_schema
+from pipeline.corpora.tars import read_members
 from pipeline.curation.filter import (
     FilterConfig,
     FilterError,
@@ -41,7 +45,7 @@ from pipeline.curation.filter import (
     scores_run,
 )
 from pipeline.infra import store
-from pipeline.infra.media import MediaError, MediaOptions, load_media
+from pipeline.infra.media import MediaError, MediaOptions, given_bytes, load_media
 from pipeline.scoring.commit import Output
 
 CAPTION_COLUMNS = ("source", "mos")  # shown under thumbnails and in the per-level table when present
@@ -99,16 +103,6 @@ class ReportData:
         return sum(self.errors_by_kind.values())
 
 
-def _num_rows(url: str) -> int:
-    fs, path = store.filesystem(url)
-
-    def read() -> int:
-        with fs.open(path, "rb") as f:
-            return pq.ParquetFile(f).metadata.num_rows
-
-    return store.retry(read, f"read metadata of {url}")
-
-
 def _top(items: list[Item], candidates: list[Item], n: int, highest: bool) -> list[Item]:
     key = (lambda it: (-it.score, it.id)) if highest else (lambda it: (it.score, it.id))
     return sorted(items + candidates, key=key)[:n]
@@ -122,7 +116,8 @@ def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_sco
     if not shards:
         raise FilterError(f"no committed score shards in {scores}")
     urls = list(shards.values())
-    manifest_urls = {f.name: f.url for f in list_manifest(manifest)} if manifest else {}
+    # read as the scoring run read it, whatever its layout (a WebDataset tar's rows: the index in the scores folder)
+    manifest_files = {f.name: f for f in scored_manifest(manifest, scores)} if manifest else {}
     columns, column = score_columns(store.read_parquet_schema(urls[0]))
     words = list(columns.levels)
     probs = [f"p_{w}" for w in words]
@@ -136,7 +131,7 @@ def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_sco
     data.level_mos_sums, data.level_mos_counts = np.zeros(n), np.zeros(n, np.int64)
     data.min_score, data.kept = min_score, 0 if min_score is not None else None
     if manifest:
-        data.manifest_rows = sum(_num_rows(u) for u in manifest_urls.values())
+        data.manifest_rows = sum(read_shard(f.url, ["id"], name=f.name).num_rows for f in manifest_files.values())
 
     for name, url in shards.items():
         names = store.read_parquet_schema(url).names
@@ -144,8 +139,8 @@ def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_sco
         pair = ["ref_uri", "psnr"] if full_reference and "ref_uri" in names else []
         table = store.read_parquet(url, columns=["id", "uri", "media_type", column, "error", *probs, *captions, *pair])
         extra = [c for c in CAPTION_COLUMNS if c not in names]
-        if extra and name in manifest_urls:  # caption columns the score shard lacks, from the same-named shard
-            table = _join_manifest(table, manifest_urls[name], extra)
+        if extra and name in manifest_files:  # caption columns the score shard lacks, from the same-named shard
+            table = _join_manifest(table, manifest_files[name], extra)
         data.shards += 1
         data.rows += table.num_rows
         errors = table.column("error")
@@ -194,11 +189,11 @@ def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_sco
     return data
 
 
-def _join_manifest(table: pa.Table, manifest_url: str, columns: list[str]) -> pa.Table:
-    present = [c for c in columns if c in store.read_parquet_schema(manifest_url).names]
+def _join_manifest(table: pa.Table, file: ShardFile, columns: list[str]) -> pa.Table:
+    present = [c for c in columns if c in shard_schema(file.url, file.partitions).names]
     if not present:
         return table
-    manifest = store.read_parquet(manifest_url, columns=["id", *present])
+    manifest = read_shard(file.url, ["id", *present], file.partitions, file.name)
     order = pc.index_in(table.column("id"), manifest.column("id"))
     for c in present:
         table = table.append_column(c, manifest.column(c).take(order))
@@ -280,10 +275,12 @@ def _bar_plot(labels: list[str], values: np.ndarray, title: str, ylabel: str, fm
     return _png(fig)
 
 
-def _thumbnail(uri: str, media_type: str = "image") -> str | None:
-    """A JPEG data URI of the item (a video's middle sampled frame), THUMB_PX on the long side; None if unloadable."""
+def _thumbnail(uri: str, media_type: str = "image", given: bytes | MediaError | None = None) -> str | None:
+    """A JPEG data URI of the item (a video's middle sampled frame), THUMB_PX on the long side; None if unloadable.
+    `given`: the item's bytes already read (a tar member), else it is fetched."""
     try:
-        media = load_media(uri, media_type, THUMB_MEDIA)
+        with given_bytes(uri, given) if given is not None else nullcontext():
+            media = load_media(uri, media_type, THUMB_MEDIA)
     except MediaError:
         return None
     image = Image.fromarray(media.frames[len(media.frames) // 2])
@@ -330,8 +327,11 @@ def _picture(uri: str | None, alt: str) -> str:
 
 def _strip(items: list[Item], min_score: float | None) -> str:
     """Thumbnails with their scores; a full-reference pair as reference | distorted."""
+    # Tar members (pipeline.corpora.tars) are read archive by archive, each streamed once; other items fetched.
+    uris = [i.uri for i in items]
+    members = read_members(uris, THUMB_MEDIA.max_video_bytes)
     with ThreadPoolExecutor(max_workers=8) as pool:  # object-store reads overlap
-        thumbs = list(pool.map(_thumbnail, [i.uri for i in items], [i.media_type for i in items]))
+        thumbs = list(pool.map(_thumbnail, uris, [i.media_type for i in items], map(members.get, uris)))
         refs = list(pool.map(lambda i: _thumbnail(i.ref_uri) if i.ref_uri else None, items))
     cells = []
     for item, uri, ref in zip(items, thumbs, refs):

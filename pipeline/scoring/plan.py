@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from pipeline import registry, scorers
-from pipeline.corpora.shards import Shard, ShardFile, list_manifest
+from pipeline.corpora.shards import Shard, ShardFile, list_manifest, rows_url
 from pipeline.corpora.webdataset import write_index
 from pipeline.infra import store
 from pipeline.infra.console import console
@@ -129,7 +129,7 @@ def checked_manifest(config: JobConfig, output: Output, kind: Kind, log=console.
     url = store.join(output.url, MANIFEST_FILE)
     previous = store.read_json(url) if store.exists(url) else None
     if previous and previous["digest"] == digest and previous.get("checks") == _checks(kind):
-        return [Shard(_shard_url(f, output), f.name, previous["rows"][f.name], f.partitions) for f in files]
+        return [Shard(rows_url(f, output.url), f.name, previous["rows"][f.name], f.partitions) for f in files]
     if previous:
         committed = output.committed()
         rewritten = [n for n, stat in listing.items() if n in committed and previous["listing"].get(n) != stat]
@@ -144,7 +144,7 @@ def checked_manifest(config: JobConfig, output: Output, kind: Kind, log=console.
 
     def validate() -> list[Shard]:
         return validate_manifest_shards(
-            [replace(f, url=_shard_url(f, output)) for f in files],
+            [replace(f, url=rows_url(f, output.url)) for f in files],
             videos_allowed=kind.videos_allowed,
             reserved=tuple(output_columns(kind.columns)),
             needs=kind.reads,
@@ -171,14 +171,6 @@ def checked_manifest(config: JobConfig, output: Output, kind: Kind, log=console.
     return shards
 
 
-INDEX_FOLDER = "_index"
-
-
-def _shard_url(file: ShardFile, output: Output) -> str:
-    """Where a shard's manifest rows are read: the file itself, or a WebDataset tar's index under the output."""
-    return store.join(output.url, INDEX_FOLDER, file.name) if file.webdataset else file.url
-
-
 def index_archives(files: list[ShardFile], output: Output, log=console.say, prefixed: bool = False) -> dict[str, int]:
     """Index every WebDataset tar (pipeline.corpora.webdataset) into `<output>/_index/<name>`, one Ray task each; ids
     are `<shard>/<key>` when `prefixed`. Returns the rows skipped for their status, by shard (those with any)."""
@@ -188,7 +180,7 @@ def index_archives(files: list[ShardFile], output: Output, log=console.say, pref
     tars = [f for f in files if f.webdataset]
     refs = [
         task.remote(
-            f.url, f.sidecar, _shard_url(f, output), f.name.removesuffix(".parquet") if prefixed else None, f.size
+            f.url, f.sidecar, rows_url(f, output.url), f.name.removesuffix(".parquet") if prefixed else None, f.size
         )
         for f in tars
     ]
