@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipeline.corpora.shards import BYTES, list_manifest, read_shard, read_valid_shard
 from pipeline.curation.filter import FilterConfig, run_filter
-from pipeline.curation.report import collect
+from pipeline.curation.report import collect, write_report
 from pipeline.infra.media import MediaError, MediaOptions, decode_image, load_media, read_bytes
 from pipeline.scoring.job import JobConfig, run
 from schemas import SchemaError, ScoreColumns, validate_scores
@@ -277,7 +277,10 @@ def test_image_bytes_inside_parquet_score_with_no_fetch_and_stay_out_of_the_outp
         assert all(r == by_id[r["id"]] for r in table.to_pylist())  # the rows as they are, bytes and all
     again = run(JobConfig(str(kept), str(tmp_path / "rescored"), scorer="psnr", batch_size=2))
     assert again["rows"] == 3 and again["errors"] == 0  # scored from the kept bytes, no fetch
-    assert collect(str(output), str(manifest)).manifest_rows == 5
+    page = Path(write_report(str(output), str(tmp_path / "report"), str(manifest), threshold)).read_text()
+    assert "<td>manifest rows</td><td>5</td>" in page and "unavailable" not in page  # thumbnails from the bytes
+    for i in keep:
+        assert f'<div class="score kept">{scored[i]:.3f}</div><div>{i}</div>' in page
 
     two = hf_image_shard(pairs, [0], with_path=True).append_column("thumb", pa.array([b"x"], pa.binary()))
     write(tmp_path / "two" / "part-0.parquet", two)

@@ -11,7 +11,8 @@ the N lowest/highest rows), so memory does not grow with the run's size. Plots a
 (no pyplot, no display) and embedded as PNG data URIs; thumbnails as JPEG data URIs. No external CSS or JS.
 
 `--manifest` is read as the scoring run read it (pipeline.corpora.shards.scored_manifest), in any layout: a WebDataset
-folder's rows are the index the run wrote under its output. Thumbnails of tar members are read archive by archive.
+folder's rows are the index the run wrote under its output. Thumbnails of tar members are read archive by archive;
+those of a manifest holding its images' bytes come from those bytes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from pipeline.corpora.shards import ShardFile, list_manifest, read_shard, scored_manifest, shard_schema
+from pipeline.corpora.shards import BYTES, ShardFile, list_manifest, read_shard, scored_manifest, shard_schema
 from pipeline.corpora.tars import read_members
 from pipeline.curation.filter import (
     FilterConfig,
@@ -65,6 +66,8 @@ class Item:
     media_type: str
     extras: dict = field(default_factory=dict)
     ref_uri: str | None = None  # full-reference scores: the reference, shown beside the item
+    shard: str = ""  # the name of its score shard, and of its manifest shard
+    data: bytes | None = None  # its bytes, where its manifest shard holds them (pipeline.corpora.inline)
 
 
 @dataclass
@@ -179,6 +182,7 @@ def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_sco
                     r["media_type"],
                     {c: r[c] for c in CAPTION_COLUMNS if c in r},
                     r.get("ref_uri"),
+                    name,
                 )
                 for r in picked
             ]
@@ -186,7 +190,26 @@ def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_sco
                 data.highest = _top(data.highest, candidates, n_thumbs, True)
             else:
                 data.lowest = _top(data.lowest, candidates, n_thumbs, False)
+    if manifest_files:
+        _take_inline_bytes(data.lowest + data.highest, manifest_files)
     return data
+
+
+def _take_inline_bytes(items: list[Item], files: dict[str, ShardFile]) -> None:
+    """Give the items of manifest shards that hold their images' bytes (pipeline.corpora.inline) those bytes, for
+    their thumbnails: their uri may name no object (`<shard>#<row>`, a Hugging Face `path`). A shard without bytes
+    costs the read of its ids."""
+    by_shard: dict[str, list[Item]] = {}
+    for item in items:
+        if item.shard in files:
+            by_shard.setdefault(item.shard, []).append(item)
+    for name, picked in by_shard.items():
+        file = files[name]
+        table = read_shard(file.url, ["id", BYTES], file.partitions, file.name)
+        table = table.filter(pc.is_in(table.column("id"), pa.array([i.id for i in picked], pa.string())))
+        found = dict(zip(table.column("id").to_pylist(), table.column(BYTES).to_pylist()))
+        for item in picked:
+            item.data = found.get(item.id)
 
 
 def _join_manifest(table: pa.Table, file: ShardFile, columns: list[str]) -> pa.Table:
@@ -327,11 +350,13 @@ def _picture(uri: str | None, alt: str) -> str:
 
 def _strip(items: list[Item], min_score: float | None) -> str:
     """Thumbnails with their scores; a full-reference pair as reference | distorted."""
-    # Tar members (pipeline.corpora.tars) are read archive by archive, each streamed once; other items fetched.
+    # Bytes from the manifest where it holds them; tar members (pipeline.corpora.tars) read archive by archive, each
+    # streamed once; other items fetched.
     uris = [i.uri for i in items]
     members = read_members(uris, THUMB_MEDIA.max_video_bytes)
     with ThreadPoolExecutor(max_workers=8) as pool:  # object-store reads overlap
-        thumbs = list(pool.map(_thumbnail, uris, [i.media_type for i in items], map(members.get, uris)))
+        given = [i.data if i.data is not None else members.get(i.uri) for i in items]
+        thumbs = list(pool.map(_thumbnail, uris, [i.media_type for i in items], given))
         refs = list(pool.map(lambda i: _thumbnail(i.ref_uri) if i.ref_uri else None, items))
     cells = []
     for item, uri, ref in zip(items, thumbs, refs):
