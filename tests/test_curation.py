@@ -169,6 +169,11 @@ def test_manifest_rules_hold_for_the_filter_before_any_output(sample, tmp_path):
     assert err.value.source.endswith("part-00001.parquet") and "['score']" in str(err.value)
     assert not out.exists()
 
+    pq.write_table(table.drop_columns(["media_type"]), odd / "part-00001.parquet")  # a manifest column missing
+    with pytest.raises(SchemaError, match="part-00001.parquet: column 'media_type': missing"):
+        run_filter(FilterConfig(str(odd), scores, str(out), min_score=3.0), log=lambda *_: None)
+    assert not out.exists()
+
     pq.write_table(table, odd / "part-00001.parquet")
     (odd / "part-00002.parquet").write_bytes(b"PAR1 but no more")  # not a Parquet file
     with pytest.raises(SchemaError, match="part-00002.parquet: table: not a readable Parquet file"):

@@ -328,7 +328,9 @@ def test_ray_job_submit_against_a_running_cluster(ray_cluster, corpus, tiny_mode
 
 
 @pytest.mark.slow
-def test_empty_manifest_shard_gets_an_empty_committed_output(ray_cluster, corpus, tiny_models, tmp_path):
+def test_empty_manifest_shard_gets_an_empty_committed_output_that_a_rerun_leaves_alone(
+    ray_cluster, corpus, tiny_models, tmp_path
+):
     manifest, output = tmp_path / "manifest", str(tmp_path / "scores")
     write_manifest(corpus[:2], str(manifest), num_shards=1)
     empty = pq.read_table(manifest / "part-00000.parquet").slice(0, 0)
@@ -337,6 +339,26 @@ def test_empty_manifest_shard_gets_an_empty_committed_output(ray_cluster, corpus
     shards = read_output(output)
     assert len(shards["part-00000.parquet"]) == 2 and shards["part-00001.parquet"] == []
     assert committed(output) == 2
+
+    # An empty shard is committed before the pipeline runs, by its own line: a rerun must skip it too, once committed.
+    files = [p for p in Path(output).rglob("*") if p.is_file() and p.name.startswith("part-")]  # outputs and markers
+    before = {p: p.stat().st_mtime_ns for p in files}
+    again = run(config(str(manifest), output, tiny_models["llava"]))
+    assert again["this_run"]["shards"] == 0 and again["rows"] == 2
+    assert before == {p: p.stat().st_mtime_ns for p in files}
+
+
+def test_videos_in_a_manifest_for_another_task_than_quality_fail_before_scoring(
+    ray_cluster, corpus, tiny_models, tmp_path
+):
+    """The aesthetics prompt speaks of an image: a manifest with videos is refused for it on the cluster, naming the
+    shard and the column, before anything is written."""
+    manifest, output = tmp_path / "manifest", tmp_path / "scores"
+    photos = [r for r in corpus if r["media_type"] == "image"][:2]
+    write_manifest(photos + [r for r in corpus if r["media_type"] == "video"][:1], str(manifest), num_shards=2)
+    with pytest.raises(SchemaError, match="part-00001.parquet: column 'media_type': videos are scored for quality"):
+        run(config(str(manifest), str(output), tiny_models["llava"], task="aesthetics"))
+    assert not output.exists()
 
 
 def test_manifest_columns_named_like_output_columns_or_unreadable_shards_fail_before_scoring(

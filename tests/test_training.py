@@ -35,8 +35,8 @@ from pipeline.scorers.lmm_model import Scorer, prompt_for
 from pipeline.scoring.job import JobConfig
 from pipeline.scoring.job import run as run_scoring
 from pipeline.training.evaluation import correlations, predict, rate
-from pipeline.training.lmm import ExampleBuilder, QAlignObjective, Recipe, collate_examples, setup_method
-from pipeline.training.retrain import Plan, decide, read_label_shards
+from pipeline.training.lmm import ExampleBuilder, QAlignObjective, Recipe, Scaling, collate_examples, setup_method
+from pipeline.training.retrain import Plan, RetrainConfig, decide, read_label_shards, retrain
 from schemas import LABELS_V1, SchemaError, validate_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -860,6 +860,58 @@ def test_retrain_on_object_storage_resumes_a_killed_driver_and_reruns_do_nothing
     assert registry.list_versions(entry) == ["v0001"]
 
 
+def trained_weights(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_a_killed_lmm_run_resumes_with_the_trained_weights_of_its_checkpoint(ray_cluster, tiny_models, tmp_path):
+    """One run in this process; the same run as the CLI, its driver killed after the first checkpoint and rerun: it
+    resumes from that checkpoint and ends at the unbroken run's weights. The object-storage test above only sees that
+    a resume happened: a resume that restored the epoch, optimizer and schedule but not the weights would train on
+    from the parent and pass it. One worker and the whole set in one batch (one step an epoch), so the order in which
+    Ray Data hands the examples over changes only the rounding; no warm-up, so the step before the kill is about 40%
+    of the way from the parent (4 steps, cosine)."""
+    rows = build_learning_set(
+        str(tmp_path / "media"), train_photos=("astronaut",), eval_photos=("coffee",), train_sides=(32,), eval_crops=1
+    )
+    rows = [r for r in rows if r["split"] == "train"][:8] + [r for r in rows if r["split"] == "eval"]
+    labels = tmp_path / "labels"
+    write_label_shard(rows, str(labels / "batch-0001" / "part-00000.parquet"))
+    base = tiny_models["llava"]
+    args = [
+        *("--labels", str(labels), "--base-model", base, "--name", "lmm"),
+        *("--epochs", "4", "--lr", "1e-3", "--batch-size", "8", "--warmup-ratio", "0", "--crop", "32"),
+        *("--num-workers", "1", "--cpus-per-worker", "0.5", "--data-cpus", "0.5", "--data-actors", "1"),
+    ]
+    recipe = Recipe(epochs=4, lr=1e-3, batch_size=8, warmup_ratio=0.0, crop=32)  # the same run as the arguments
+    scaling = Scaling(num_workers=1, cpus_per_worker=0.5, data_cpus=0.5, data_actors=1)
+    retrain(RetrainConfig(str(labels), base, str(tmp_path / "a"), "lmm", recipe, scaling))
+
+    env, registry_b = {**os.environ, "RAY_ADDRESS": ray_cluster}, tmp_path / "b"
+    first = run_job([*args, "--registry", str(registry_b)], env)
+    runs = str(registry_b / "lmm" / registry.RUNS_DIR)
+    wait_for_new_checkpoint(store.filesystem(runs)[0], runs, first, timeout=600)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    second = run_job([*args, "--registry", str(registry_b)], env)
+    output, _ = second.communicate(timeout=900)
+    assert second.returncode == 0 and "resumed from the checkpoint of epoch" in output, output
+    record = registry.read_version(str(registry_b / "lmm"), "v0001")
+    assert 1 <= record["run"]["resumed_from_epoch"] < 4, record["run"]  # epochs were left to train after the resume
+
+    parent, whole, resumed = (
+        trained_weights(f) for f in (base, tmp_path / "a" / "lmm" / "v0001", registry_b / "lmm" / "v0001")
+    )
+    names = whole.keys() & parent.keys()
+    assert whole.keys() == resumed.keys() and names
+    moved = sum(float((whole[k].double() - parent[k].double()).norm() ** 2) for k in names) ** 0.5
+    apart = sum(float((resumed[k].double() - whole[k].double()).norm() ** 2) for k in whole) ** 0.5
+    assert moved > 0 and apart < 0.01 * moved, f"resumed run {apart:.3g} from the unbroken one, which moved {moved:.3g}"
+
+
 @pytest.mark.slow
 def test_retrain_with_llama_adapter_versions_its_artifact_and_the_scorer_applies_it(
     ray_cluster, tiny_models, label_media, tmp_path
@@ -912,9 +964,6 @@ def test_retrain_trains_the_new_families_and_the_version_keeps_its_recipe(
 ):
     """The retraining job (Ray Train, 2 workers) on a tiny Qwen3.5 (full and LoRA) and a tiny InstructBLIP: a version
     results, taught with the base's prompt recipe, and it is scored with that recipe (qcurate.json in the version)."""
-    from pipeline.training.lmm import Scaling
-    from pipeline.training.retrain import RetrainConfig, retrain
-
     images = [r for r in label_media if r["media_type"] == "image"]  # InstructBLIP scores no videos
     write_label_shard(images, str(tmp_path / "labels" / "batch-0001" / "part-00000.parquet"))
     config = RetrainConfig(
