@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def invocations(words: list[str]) -> list[tuple[str, list[str]]]:
         words = words[1:]
     if words[:1] == ["ray"] and "--" in words:
         return invocations(words[words.index("--") + 1 :])
-    if words[:1] == ["qcurate"] and len(words) > 1:
+    if words[:1] == ["qcurate"] and len(words) > 1 and words[1][0] not in "<.":  # not `qcurate <command>`, `...`
         return [(words[1], words[2:])]
     if words[:1] == ["python"] and len(words) > 1 and words[1].startswith("jobs/"):
         return [(words[1], words[2:])]
@@ -123,7 +124,8 @@ def unknown_flags(program: str, argv: list[str]) -> list[str]:
     """The options in argv that `program` does not take (or takes with another value), by its own parser."""
     from pipeline.cli import COMMANDS, parser_for
 
-    argv = [a for a in argv if a != "..."]  # "..." stands for the arguments shown elsewhere
+    # "..." stands for a value or for arguments shown elsewhere; -h only prints the options
+    argv = ["x" if a == "..." else a for a in argv if a not in ("-h", "--help")]
     name = cli_name(program) if program.startswith("jobs/") else program
     if name is None:  # a script with its own parser: its flags must be in its source
         source = (REPO / program).read_text()
@@ -146,15 +148,22 @@ def unknown_flags(program: str, argv: list[str]) -> list[str]:
     return [a for a in unknown if a.startswith("-")]
 
 
+def inline_commands(page: Path) -> list[list[str]]:
+    """The commands written in the prose as code spans (`qcurate ...`, `python jobs/... ...`)."""
+    spans = re.findall(r"`((?:qcurate|python jobs/)[^`]*)`", page.read_text())
+    return [shlex.split(span.replace("|", " ")) for span in spans]
+
+
 def test_every_command_shown_takes_the_flags_shown():
+    shown = [(block.id, words) for block in BLOCKS for words in block.commands()]
+    shown += [(str(page.relative_to(REPO)), words) for page in PAGES for words in inline_commands(page)]
     checked, wrong = 0, []
-    for block in BLOCKS:
-        for words in block.commands():
-            for program, argv in invocations(words):
-                checked += 1
-                if bad := unknown_flags(program, argv):
-                    wrong.append(f"{block.id}: {program}: {bad}")
-    assert checked >= 15, checked
+    for where, words in shown:
+        for program, argv in invocations(words):
+            checked += 1
+            if bad := unknown_flags(program, argv):
+                wrong.append(f"{where}: {program}: {bad}")
+    assert checked >= 30, checked
     assert not wrong, "\n".join(wrong)
 
 
@@ -217,15 +226,29 @@ def command_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_script(script: str, cwd: Path, env: dict[str, str], timeout: int = 1200) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        ["bash", "-c", "set -euo pipefail\n" + script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+# Ray aborts a node whose raylet waits more than 15 s for its dashboard agent to start: measured at load averages of
+# 40-60 on these 2 cores ("The current node timed out during startup"), for `ray start` and a local `ray.init()`
+# alike. That is the machine, not the docs: a script that fails so is run again from scratch, at most ATTEMPTS times.
+RAY_START_TIMEOUT = "timed out during startup"
+ATTEMPTS = 3
+
+
+def run_script(
+    script: str, cwd: Path | Callable[[], Path], env: dict[str, str], timeout: int = 1200
+) -> subprocess.CompletedProcess:
+    """Run a bash script (stopping at the first failing command); `cwd` may make a fresh folder for each attempt."""
+    for attempt in range(ATTEMPTS):
+        result = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + script],
+            cwd=cwd() if callable(cwd) else cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        output = result.stdout + result.stderr
+        if not (result.returncode and RAY_START_TIMEOUT in output and attempt < ATTEMPTS - 1):
+            break
     assert result.returncode == 0, f"{script}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
     return result
 
@@ -283,8 +306,14 @@ def test_doc_block(block, tmp_path, request):
         request.getfixturevalue("s3_endpoint")
         run_head_and_submit(block, tmp_path)
         return
-    here = fresh_copy(request.getfixturevalue("workdir"), tmp_path / "work")
-    run_script(block.text, here, command_env())
+    workdir, attempts = request.getfixturevalue("workdir"), []
+
+    def fresh() -> Path:
+        attempts.append(fresh_copy(workdir, tmp_path / f"work{len(attempts)}"))
+        return attempts[-1]
+
+    run_script(block.text, fresh, command_env())
+    here = attempts[-1]
     missing = [out for out in outputs(block) if not (here / out).exists()]
     assert not missing, f"{block.id}: outputs not written: {missing}"
 
@@ -345,33 +374,44 @@ def run_head_and_submit(block: Block, tmp_path: Path) -> None:
     if store.exists(output):  # a second run in one session scores afresh
         fs, path = store.filesystem(output)
         fs.rm(path, recursive=True)
-    temp = Path(tempfile.mkdtemp(prefix="qray-docs-"))  # short: Ray's socket paths under it must fit in 107 bytes
     home = tmp_path / "home"  # its own ~/.ray/auth_token, not the user's
     home.mkdir()
     # No RAY_AUTH_MODE anywhere (the test session disables auth for its own clusters): Ray's defaults decide.
-    # The raylet waits 15 s for its dashboard agent by default; a loaded 2-core machine can take longer to start one.
-    env = command_env(HOME=str(home), RAY_USAGE_STATS_ENABLED="0", RAY_agent_register_timeout_ms="180000")
+    env = command_env(HOME=str(home), RAY_USAGE_STATS_ENABLED="0")
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(var, None)
-    script = loopback(block.text, temp)
-    try:
-        result = run_script(script, REPO, env)
-        out = result.stdout + result.stderr
-        assert (home / ".ray" / "auth_token").is_file()
-        assert "Token authentication is enabled for this Ray cluster" in out, out[-3000:]
-        assert "succeeded" in out, out[-3000:]
-        address = re.search(r"--address (http://127\.0\.0\.1:\d+)", script).group(1)
-        refused = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", address, "--", "python", "-c", "pass"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert refused.returncode != 0 and "Missing authentication token" in refused.stdout + refused.stderr
-    finally:
-        stop_cluster(temp)
-        shutil.rmtree(temp, ignore_errors=True)
+    for attempt in range(ATTEMPTS):
+        temp = Path(tempfile.mkdtemp(prefix="qray-docs-"))  # short: Ray's socket paths under it must fit in 107 bytes
+        script = loopback(block.text, temp)
+        try:
+            result = subprocess.run(
+                ["bash", "-c", "set -euo pipefail\n" + script],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1200,
+            )
+            out = result.stdout + result.stderr
+            if result.returncode and RAY_START_TIMEOUT in out and attempt < ATTEMPTS - 1:
+                continue  # see RAY_START_TIMEOUT; the finally stops what started
+            assert result.returncode == 0, f"{script}\n--- output\n{out[-6000:]}"
+            assert (home / ".ray" / "auth_token").is_file()
+            assert "Token authentication is enabled for this Ray cluster" in out, out[-3000:]
+            assert "succeeded" in out, out[-3000:]
+            address = re.search(r"--address (http://127\.0\.0\.1:\d+)", script).group(1)
+            refused = subprocess.run(
+                [str(BIN / "ray"), "job", "submit", "--address", address, "--", "python", "-c", "pass"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert refused.returncode != 0 and "Missing authentication token" in refused.stdout + refused.stderr
+            break
+        finally:
+            stop_cluster(temp)
+            shutil.rmtree(temp, ignore_errors=True)
     table = store.read_parquet(f"{output}/part-00000.parquet").to_pylist()
     assert sorted(r["id"] for r in table) == sorted(r["id"] for r in rows)
     assert all(r["error"] is None and r["fr_score"] is not None for r in table), table
