@@ -285,8 +285,10 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def fresh_copy(workdir: Path, into: Path) -> Path:
+    """The workdir's data, and jobs/ as in a checkout (`python jobs/...` runs from the repository's root)."""
     for name in ("manifests", "models", "labels", "scores"):
         shutil.copytree(workdir / name, into / name)
+    (into / "jobs").symlink_to(REPO / "jobs")
     return into
 
 
