@@ -634,8 +634,8 @@ def test_byte_limits_are_per_media_type(put_object, zoo):
 def test_defaults_documented():
     options = MediaOptions()
     assert (options.max_image_bytes, options.max_video_bytes) == (256 * MiB, 2 * 1024 * MiB)
-    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-    assert "256 MiB" in readme and "2 GiB" in readme
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "failures.md").read_text()
+    assert "256 MiB" in doc and "2 GiB" in doc
 
 
 def test_an_object_without_a_listed_size_costs_at_most_the_limit(tmp_path, monkeypatch, noise_png):
@@ -691,7 +691,7 @@ def test_storage_retry_gives_up_at_once_on_bad_names():
 # ------------------------------------------------------------------------------------------------------------
 # JPEG draft: large JPEGs decoded at a reduced DCT scale, never below twice the model's input side
 
-# The bound on the model's preprocessed pixels, draft on vs off, on the 0..255 scale (README, Limits): a mean
+# The bound on the model's preprocessed pixels, draft on vs off, on the 0..255 scale (docs/failures.md, Limits): a mean
 # absolute difference of at most 0.5, at most 8 at any pixel, and a PSNR of at least 50 dB, for real photographs
 # at 12 MP. Measured: tiny LLaVA and tiny mPLUG-Owl2 mean <= 0.06, max 1, PSNR >= 60 dB; CLIP at 336 (LLaVA-1.5)
 # mean <= 0.3, max 6, >= 53 dB; CLIP at 448 mean <= 0.16, max 4, >= 56 dB.

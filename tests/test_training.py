@@ -986,3 +986,20 @@ def test_retrain_trains_the_new_families_and_the_version_keeps_its_recipe(
     assert Scorer(version).preprocessor.recipe.name == recipe
     if method == "lora":
         assert "lora" not in (Path(version) / "config.json").read_text()  # merged on export
+
+
+def test_retrain_takes_relative_local_paths(tmp_path, monkeypatch):
+    """Ray Train runs its workers in a folder of their own: the command makes local paths absolute first (a relative
+    --base-model was taken for a hub id there). A hub id stays as it is."""
+    from pipeline import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    (tmp_path / "models" / "base" / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    parser = cli.parser_for("retrain")
+    common = ["--labels", "labels", "--registry", "registry", "--name", "n"]
+    config = cli.command("retrain").configure(parser.parse_args([*common, "--base-model", "models/base"]), parser)
+    assert (config.labels, config.registry) == (str(tmp_path / "labels"), str(tmp_path / "registry"))
+    assert config.base_model == str(tmp_path / "models" / "base")
+    config = cli.command("retrain").configure(parser.parse_args([*common, "--base-model", "org/name"]), parser)
+    assert config.base_model == "org/name"

@@ -77,11 +77,18 @@ def configure(a: argparse.Namespace, p: argparse.ArgumentParser) -> RetrainConfi
         for option in method.options:
             if option.name not in own and getattr(a, option.name) is not None:
                 p.error(f"{option.flag} is an option of --method {method.name}, not of {a.method}")
+
+    # Plain local paths made absolute: Ray Train runs its workers in a folder of their own, where a relative
+    # `models/base` names nothing (and is then taken for a hub id). A hub id is no local path, so it stays as given.
+    def absolute(url: str) -> str:
+        return url if "://" in url else os.path.abspath(url)
+
+    base_model = absolute(a.base_model) if os.path.exists(a.base_model) else a.base_model
     try:  # the configs check their values; a bad one is a usage error
         config = RetrainConfig(
-            labels=a.labels,
-            base_model=a.base_model,
-            registry=a.registry,
+            labels=absolute(a.labels),
+            base_model=base_model,
+            registry=absolute(a.registry),
             name=a.name,
             # The options are named like the fields of Recipe and Scaling.
             recipe=Recipe(
@@ -94,8 +101,8 @@ def configure(a: argparse.Namespace, p: argparse.ArgumentParser) -> RetrainConfi
             fit_items=a.fit_items,
             stall_timeout_s=a.stall_timeout,
         )
-        if os.path.isdir(a.base_model):  # a local base: its kind's refusals are usage errors (else the job's, later)
-            trainer_for(a.base_model).check_recipe(config.recipe)
+        if os.path.isdir(base_model):  # a local base: its kind's refusals are usage errors (else the job's, later)
+            trainer_for(base_model).check_recipe(config.recipe)
     except ValueError as e:
         p.error(str(e))
     return config
