@@ -61,6 +61,12 @@ def test_shards_in_sub_folders_are_listed_and_hidden_ones_skipped(tmp_path):
     ]
     assert all(f.partitions == () and f.size and f.version for f in files)
     assert sum(read_valid_shard(f)[0].num_rows for f in files) == 7
+    # A glob over folders names its matches by their path under the glob's fixed part, as a folder does: two
+    # files of one name in two folders are two shards (the retraining's label batches are given this way).
+    write(tmp_path / "batch3" / "part-00001.parquet", rows(["h"]))
+    files = list_manifest(str(tmp_path / "batch[23]" / "part-*.parquet"))
+    assert [f.name for f in files] == ["batch2/part-00001.parquet", "batch3/part-00001.parquet"]
+    assert [f.name for f in list_manifest(str(tmp_path / "part-00000.parquet"))] == ["part-00000.parquet"]
 
 
 def test_hive_partitions_become_typed_columns_as_pyarrow_reads_them(tmp_path):

@@ -57,14 +57,17 @@ def list_manifest(manifest: str) -> list[ShardFile]:
     In a folder, names whose path has a part starting with "_" or "." are not shards (Spark's `_SUCCESS`, a score
     output's `_committed/`, hidden files), as Spark, DuckDB and pyarrow skip them; every other `*.parquet` at any
     depth is one, named by its path under the folder, with the `key=value` folders on it as columns
-    (pipeline.corpora.hive). Glob matches are named by file name, which must then be unique.
+    (pipeline.corpora.hive). Glob matches are named by their path under the glob's last folder without a wildcard
+    (`labels/batch-000[12]/part-*.parquet` -> `batch-0001/part-00000.parquet`, ...).
     """
     fs, path = store.filesystem(manifest)
-    root = None
+    root = None  # a folder: its hive partitions become columns
     if any(c in path for c in "*?["):
         infos = fs.glob(path, detail=True)
+        parts = path.split("/")
+        base = "/".join(parts[: next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))])
     elif store.retry(lambda: fs.isdir(path), f"stat {manifest}"):
-        root = path.rstrip("/")
+        root = base = path.rstrip("/")
         listed = store.retry(lambda: fs.find(root, detail=True), f"list {manifest}")
         listed = {p: i for p, i in listed.items() if not _hidden(p[len(root) + 1 :])}
         if any(p.endswith(".tar") for p in listed):
@@ -72,14 +75,13 @@ def list_manifest(manifest: str) -> list[ShardFile]:
         infos = {p: i for p, i in listed.items() if p.endswith(".parquet")}
     else:
         # one file; a missing one is listed as is, and its readers say that it is missing
+        base = path.rsplit("/", 1)[0]
         exists = store.retry(lambda: fs.exists(path), f"stat {manifest}")
         infos = {path: store.retry(lambda: fs.info(path), f"stat {manifest}") if exists else {}}
     if not infos:
         raise FileNotFoundError(f"no Parquet shards found at {manifest}")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    named = {(p[len(root) + 1 :] if root else store.basename(p)): p for p in infos}
-    if len(named) != len(infos):
-        raise ValueError(f"shard file names must be unique (outputs are named after them): {manifest}")
+    named = {p[len(base) + 1 :]: p for p in infos}
     partitions = typed_partitions(list(named)) if root else {}
     files = []
     for name, p in sorted(named.items()):
