@@ -29,6 +29,7 @@ from dataclasses import fields
 
 from pipeline import methods
 from pipeline.cli import Command
+from pipeline.infra import store
 from pipeline.infra.watchdog import DEFAULT_STALL_S, StallError
 from pipeline.training.lmm import Recipe, Scaling
 from pipeline.training.retrain import RetrainConfig, retrain, trainer_for
@@ -78,17 +79,14 @@ def configure(a: argparse.Namespace, p: argparse.ArgumentParser) -> RetrainConfi
             if option.name not in own and getattr(a, option.name) is not None:
                 p.error(f"{option.flag} is an option of --method {method.name}, not of {a.method}")
 
-    # Plain local paths made absolute: Ray Train runs its workers in a folder of their own, where a relative
-    # `models/base` names nothing (and is then taken for a hub id). A hub id is no local path, so it stays as given.
-    def absolute(url: str) -> str:
-        return url if "://" in url else os.path.abspath(url)
-
-    base_model = absolute(a.base_model) if os.path.exists(a.base_model) else a.base_model
+    # Ray Train runs its workers in a folder of their own, where a relative `models/base` names nothing (and is then
+    # taken for a hub id). A hub id is no local path, so it stays as given.
+    base_model = store.absolute(a.base_model) if os.path.exists(a.base_model) else a.base_model
     try:  # the configs check their values; a bad one is a usage error
         config = RetrainConfig(
-            labels=absolute(a.labels),
+            labels=store.absolute(a.labels),
             base_model=base_model,
-            registry=absolute(a.registry),
+            registry=store.absolute(a.registry),
             name=a.name,
             # The options are named like the fields of Recipe and Scaling.
             recipe=Recipe(

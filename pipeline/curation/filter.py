@@ -40,7 +40,6 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import ast
-import os
 import pickle
 import re
 import time
@@ -360,11 +359,6 @@ def filter_shard(item: dict, spec: ShardSpec) -> dict:
 # The whole manifest
 
 
-def absolute(url: str) -> str:
-    """Plain local paths made absolute: Ray workers do not share the driver's working directory."""
-    return url if "://" in url else os.path.abspath(url)
-
-
 def _prepare_output(cfg: FilterConfig) -> None:
     out = cfg.output.rstrip("/")
     for name, url in (("--manifest", cfg.manifest), ("--scores", cfg.scores)):
@@ -438,7 +432,9 @@ def run_filter(cfg: FilterConfig, log=console.say) -> dict:
     from pipeline.scoring.plan import init_ray
 
     t0 = time.perf_counter()
-    cfg = replace(cfg, manifest=absolute(cfg.manifest), scores=absolute(cfg.scores), output=absolute(cfg.output))
+    cfg = replace(
+        cfg, manifest=store.absolute(cfg.manifest), scores=store.absolute(cfg.scores), output=store.absolute(cfg.output)
+    )
     items, schema = _plan(cfg)
     columns, column = score_columns(schema, cfg.column)
     words = list(columns.levels)

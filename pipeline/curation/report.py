@@ -40,7 +40,6 @@ from pipeline.curation.filter import (
     FilterConfig,
     FilterError,
     ScoreHistogram,
-    absolute,
     run_filter,
     score_columns,
     scores_run,
@@ -113,7 +112,7 @@ def _top(items: list[Item], candidates: list[Item], n: int, highest: bool) -> li
 
 def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_score: float | None = None) -> ReportData:
     """Read the committed score shards (and the manifest's caption columns, when given) into ReportData."""
-    scores, manifest = absolute(scores), absolute(manifest) if manifest else None
+    scores, manifest = store.absolute(scores), store.absolute(manifest) if manifest else None
     committed = Output(scores).committed()
     shards = {f.name: f.url for f in list_manifest(scores) if f.name in committed}
     if not shards:
@@ -447,7 +446,7 @@ def render(data: ReportData, out_dir: str) -> str:
 <h2>Highest scored ({what}{len(data.highest)})</h2>{_strip(data.highest, data.min_score)}
 </body></html>
 """
-    out = store.join(absolute(out_dir), "index.html")
+    out = store.join(store.absolute(out_dir), "index.html")
     store.write_text(out, page)
     return out
 

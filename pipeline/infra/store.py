@@ -63,6 +63,11 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(url)
 
 
+def absolute(url: str) -> str:
+    """Plain local paths made absolute: Ray workers (and Ray Train's) do not share the driver's working directory."""
+    return url if "://" in url else os.path.abspath(url)
+
+
 def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *parts])
 
