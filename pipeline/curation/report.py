@@ -133,7 +133,8 @@ def collect(scores: str, manifest: str | None = None, n_thumbs: int = 8, min_sco
     data.level_mos_sums, data.level_mos_counts = np.zeros(n), np.zeros(n, np.int64)
     data.min_score, data.kept = min_score, 0 if min_score is not None else None
     if manifest:
-        data.manifest_rows = sum(read_shard(f.url, ["id"], name=f.name).num_rows for f in manifest_files.values())
+        # footers alone: every layout's rows are Parquet here (a WebDataset tar's: its index)
+        data.manifest_rows = sum(store.read_parquet_num_rows(f.url) for f in manifest_files.values())
 
     for name, url in shards.items():
         names = store.read_parquet_schema(url).names

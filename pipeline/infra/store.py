@@ -132,6 +132,12 @@ def read_parquet_schema(url: str) -> pa.Schema:
     return retry(lambda: pq.read_schema(path, filesystem=fs), f"read schema of {url}")
 
 
+def read_parquet_num_rows(url: str) -> int:
+    """The rows of a Parquet file, from its footer alone."""
+    fs, path = filesystem(url)
+    return retry(lambda: pq.read_metadata(path, filesystem=fs).num_rows, f"read metadata of {url}")
+
+
 def arrow_filesystem(url: str) -> tuple[PyFileSystem, str]:
     """A pyarrow view of the fsspec filesystem, for readers (Ray Data) that take pyarrow filesystems."""
     fs, path = filesystem(url)
