@@ -13,6 +13,7 @@ error kind the code can emit is documented.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -429,3 +430,7 @@ def test_make_demo(tmp_path):
     make = f"make -f {REPO / 'Makefile'} -o .venv/.installed-stamp PY={sys.executable} demo"
     run_script(make, tmp_path, command_env())
     assert list((tmp_path / "demo_out").rglob("index.html")), "the demo wrote no report"
+    # its retraining step shows learning: the training items' ranking goes from chance to SRCC >= 0.8
+    (metrics,) = (tmp_path / "demo_out" / "retrain" / "registry").rglob("metrics.json")
+    train = json.loads(metrics.read_text())["train"]
+    assert abs(train["before"]["srcc"]) < 0.4 and train["after"]["srcc"] >= 0.8, train

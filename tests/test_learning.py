@@ -4,9 +4,9 @@ falls by a stated margin. The same for VTAMIQ. The full-size learning checks are
 jobs/benchmark_fr_training.py; these are their CI-sized guards, so a change that stops training from learning fails
 the suite instead of passing it.
 
-The set: two photographs at 32 px (the LMM's input size, so no crop hides a distortion), pristine and every distortion
-kind at levels 1..4 (MOS = 5 - level), one more photograph held out whole. The fit is measured on the training items,
-as the retraining job measures it (metrics["train"], before and after)."""
+The set and the LMM's run are pipeline.samples.learning's, the demo's retraining step: two photographs at 32 px,
+pristine and every distortion kind at levels 1..4 (MOS = 5 - level), one more held out whole. The fit is measured on
+the training items, as the retraining job measures it (metrics["train"], before and after)."""
 
 from __future__ import annotations
 
@@ -14,48 +14,27 @@ import numpy as np
 import pytest
 
 from pipeline.models.vtamiq import build_tiny
-from pipeline.samples.synthetic import build_learning_set, write_label_shard
-from pipeline.samples.tiny_models import make_tiny_model
-from pipeline.training.lmm import Recipe, Scaling
+from pipeline.samples.learning import RECIPE, SCALING, learn, write_small_set
+from pipeline.training.lmm import Recipe
 from pipeline.training.retrain import RetrainConfig, retrain
 
-SCALING = Scaling(num_workers=2, cpus_per_worker=0.5, data_cpus=0.5, data_actors=1)
 SRCC_BEFORE = 0.4  # "about 0": an untrained model's ranking of the items is chance
 SRCC_AFTER = 0.8
 # nats of -log p(level of the MOS), unaugmented: from about log 5 = 1.61 at chance (measured: 0.83)
 LEVEL_LOSS_DROP = 0.4
 
 
-def learning_set(root, full_reference: bool = False) -> str:
-    rows = build_learning_set(
-        str(root / "media"),
-        train_photos=("astronaut", "chelsea"),
-        eval_photos=("coffee",),
-        train_sides=(32,),
-        eval_side=32,
-        eval_crops=1,
-        full_reference=full_reference,
-    )
-    labels = root / "labels"
-    write_label_shard(rows, str(labels / "batch-0001" / "part-00000.parquet"))
-    return str(labels)
-
-
 @pytest.mark.slow
 def test_the_retraining_job_teaches_a_tiny_lmm_to_rank_its_training_items(ray_cluster, tmp_path):
-    labels = learning_set(tmp_path)
-    base = str(make_tiny_model("llava", tmp_path / "base", seed=0, vision={"patch_size": 4}))
-    # the learning benchmark's schedule (jobs/benchmark_training.py: lr 1e-3, 10% warm-up), on 2 x 34 items
-    recipe = Recipe(epochs=16, lr=1e-3, batch_size=16, warmup_ratio=0.1, crop=32, hflip=True, views=8)
-    outcome = retrain(RetrainConfig(labels, base, str(tmp_path / "registry"), "learn", recipe, SCALING))
-    before, after = outcome.metrics["train"]["before"], outcome.metrics["train"]["after"]
-    history = outcome.metrics["training"]
+    metrics = learn(str(tmp_path))["outcome"].metrics  # the demo's retraining step, as the demo runs it
+    before, after = metrics["train"]["before"], metrics["train"]["after"]
+    history = metrics["training"]
     summary = (
         f"training SRCC {before['srcc']:.3f} -> {after['srcc']:.3f}, level loss {before['level_loss']:.3f} -> "
         f"{after['level_loss']:.3f}; level accuracy by epoch {[round(e['level_accuracy'], 2) for e in history]}"
     )
     print(summary)
-    assert after["n"] == 34 and len(history) == recipe.epochs
+    assert after["n"] == 34 and len(history) == RECIPE.epochs
     assert abs(before["srcc"]) < SRCC_BEFORE, summary
     assert after["srcc"] >= SRCC_AFTER, summary
     assert after["level_loss"] <= before["level_loss"] - LEVEL_LOSS_DROP, summary
@@ -63,7 +42,7 @@ def test_the_retraining_job_teaches_a_tiny_lmm_to_rank_its_training_items(ray_cl
 
 @pytest.mark.slow
 def test_the_retraining_job_teaches_a_tiny_vtamiq_to_rank_its_training_pairs(ray_cluster, tmp_path):
-    labels = learning_set(tmp_path, full_reference=True)
+    labels = write_small_set(str(tmp_path), full_reference=True)
     base = build_tiny(tmp_path / "base", seed=0)
     recipe = Recipe(epochs=12, lr=1e-3, batch_size=16, warmup_ratio=0.05, crop=32, hflip=True, views=8)
     outcome = retrain(RetrainConfig(labels, base, str(tmp_path / "registry"), "learn-fr", recipe, SCALING))

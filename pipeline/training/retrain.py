@@ -36,7 +36,6 @@ from pipeline.infra.version import code_version
 from pipeline.infra.watchdog import DEFAULT_STALL_S, watched
 from pipeline.qalign import recipes
 from pipeline.registry import checkpoint
-from pipeline.samples.synthetic import write_label_shard
 from pipeline.training.evaluation import evaluate_on_ray
 from pipeline.training.lmm import EXPORT_DIR, Recipe, Scaling
 from schemas import SchemaError, validate_labels
@@ -465,47 +464,3 @@ def decide(after: dict, reference: dict, compared_with: str, plan: Plan, current
     if new["srcc"] > old["srcc"]:
         return {**out, "promoted": True, "reason": f"{comparison}: better"}
     return {**out, "reason": f"{comparison}: not better"}
-
-
-# ------------------------------------------------------------------------------------------------------------
-# The demo's short run
-
-
-def demo_retrain(corpus_rows: list[dict], workdir: str, base_model: str) -> dict:
-    """Teach `base_model` the sample corpus's synthetic MOS in a short run on local Ray; promote it only if better.
-
-    The last third of the photographs (with their videos) is held out whole. Returns the registry entry, the model to
-    score with, the outcome and the held-out photographs (retrain() prints SRCC before and after).
-    """
-    # Corpus order: photographs get the distortion kinds in turn, so the held-out ones carry kinds that training also
-    # shows (on other content).
-    sources = list(dict.fromkeys(r["source"] for r in corpus_rows))
-    held_out = sources[-max(1, len(sources) // 3) :]
-    rows = [
-        {
-            "id": r["id"],
-            "uri": r["uri"],
-            "media_type": r["media_type"],
-            "task": "quality",
-            "mos": float(r["mos"]),
-            "scale_min": 1.0,
-            "scale_max": 5.0,
-            "split": "eval" if r["source"] in held_out else "train",
-        }
-        for r in corpus_rows
-    ]
-    labels = store.join(workdir, "labels")
-    write_label_shard(rows, store.join(labels, "batch-0001", "part-00000.parquet"))
-    # A short run (about a minute on 2 cores): the tiny model fits little and transfers less; see the README.
-    recipe = Recipe(method="full", epochs=10, lr=2e-3, batch_size=8, hflip=True, views=8)
-    scaling = Scaling(num_workers=2, cpus_per_worker=0.5, data_cpus=0.5, data_actors=1)
-    config = RetrainConfig(labels, base_model, store.join(workdir, "registry"), "demo", recipe, scaling)
-    outcome = retrain(config)
-    entry = registry.entry_url(config.registry, config.name)
-    return {
-        "entry": entry,
-        # Score with the entry (its CURRENT) when promoted; else with the new version by path, to show it at work.
-        "model": entry if outcome.status == "promoted" else outcome.version_url,
-        "outcome": outcome,
-        "held_out_photos": held_out,
-    }
