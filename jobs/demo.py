@@ -5,7 +5,7 @@
 1. Builds a small real corpus: scikit-image photographs at graded distortion levels (a synthetic MOS known from the
    level) and short H.264 videos written with PyAV; writes it as a sharded Parquet manifest.
 2. Retrains a tiny random LLaVA on a labelled batch with the retraining job (Ray Train, 2 CPU workers): two
-   photographs at its 32 px input size, pristine and at every distortion kind and level (pipeline.samples.learning,
+   photographs at its 32 px input size, pristine and at every distortion kind and level (pipeline.training.learning,
    also CI's learning guard). It prints SRCC and level loss before and after, on the training items (it learns to
    rank them) and on a photograph held out whole; the new version is promoted only if its held-out SRCC beats the
    untrained model's.
@@ -31,9 +31,9 @@ from pipeline.corpora.shards import write_manifest
 from pipeline.curation.report import demo_tail
 from pipeline.infra.console import console, session
 from pipeline.samples.corpus import build_pair_corpus, build_sample_corpus
-from pipeline.samples.learning import HELD_OUT_PHOTOS, TRAIN_PHOTOS, learn
 from pipeline.scoring.job import JobConfig, run
 from pipeline.training.evaluation import correlations
+from pipeline.training.learning import HELD_OUT_PHOTOS, TRAIN_PHOTOS, learn
 
 BANNER = "=" * 100
 say = console.say  # print() would go to the log file: the demo runs quiet, like the jobs

@@ -4,7 +4,7 @@ falls by a stated margin. The same for VTAMIQ. The full-size learning checks are
 jobs/benchmark_fr_training.py; these are their CI-sized guards, so a change that stops training from learning fails
 the suite instead of passing it.
 
-The set and the LMM's run are pipeline.samples.learning's, the demo's retraining step: two photographs at 32 px,
+The set and the LMM's run are pipeline.training.learning's, the demo's retraining step: two photographs at 32 px,
 pristine and every distortion kind at levels 1..4 (MOS = 5 - level), one more held out whole. The fit is measured on
 the training items, as the retraining job measures it (metrics["train"], before and after)."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline.models.vtamiq import build_tiny
-from pipeline.samples.learning import RECIPE, SCALING, learn, write_small_set
+from pipeline.training.learning import RECIPE, SCALING, learn, write_small_set
 from pipeline.training.lmm import Recipe
 from pipeline.training.retrain import RetrainConfig, retrain
 
