@@ -33,7 +33,7 @@ from pipeline.infra.console import console, session
 from pipeline.samples.corpus import build_pair_corpus, build_sample_corpus
 from pipeline.scoring.job import JobConfig, run
 from pipeline.training.evaluation import correlations
-from pipeline.training.learning import HELD_OUT_PHOTOS, TRAIN_PHOTOS, learn
+from pipeline.training.learning import HELD_OUT_PHOTOS, RECIPE, TRAIN_PHOTOS, learn
 
 BANNER = "=" * 100
 say = console.say  # print() would go to the log file: the demo runs quiet, like the jobs
@@ -75,12 +75,12 @@ def story(out: Path) -> None:
     say(f"{BANNER}\n2. retrain a tiny random LLaVA on a labelled batch (synthetic MOS) and watch it learn\n{BANNER}")
     trained = learn(str(out / "retrain"))
     outcome = trained["outcome"]
+    held_out, n_held_out = ", ".join(HELD_OUT_PHOTOS), outcome.metrics["held_out"]["after"]["n"]
     say("SRCC: rank correlation of the model's scores with the synthetic MOS (1 same order, 0 unrelated). The batch is")
-    say(f"{' and '.join(TRAIN_PHOTOS)} at the model's 32 px, pristine and every distortion at every level; the")
-    held_out = ", ".join(HELD_OUT_PHOTOS)
-    say(f"training SRCC says how well the run learned to rank what it saw, the held-out one ({held_out}, never")
-    say("trained on) whether that carries over to other content. Promotion looks at held-out SRCC alone; on 17")
-    say("held-out items of one photograph, a difference of a few hundredths either way is luck.")
+    say(f"{' and '.join(TRAIN_PHOTOS)} at the model's {RECIPE.crop} px, pristine and every distortion at every level;")
+    say(f"the training SRCC says how well the run learned to rank what it saw, the held-out one ({held_out}, never")
+    say("trained on) whether that carries over to other content. Promotion looks at held-out SRCC alone; on")
+    say(f"{n_held_out} held-out items, a difference of a few hundredths either way is luck.")
 
     how = "the registry entry (its CURRENT)" if outcome.status == "promoted" else "the new version, by its path"
     say(f"{BANNER}\n3. score the corpus on local Ray with {how}\n{BANNER}")
