@@ -4,7 +4,7 @@ falls by a stated margin. The same for VTAMIQ. The full-size learning checks are
 jobs/benchmark_fr_training.py; these are their CI-sized guards, so a change that stops training from learning fails
 the suite instead of passing it.
 
-The set and the LMM's run are pipeline.training.learning's, the demo's retraining step: two photographs at 32 px,
+The set and the LMM's run are pipeline.training.learning's: two photographs at 32 px,
 pristine and every distortion kind at levels 1..4 (MOS = 5 - level), one more held out whole. The fit is measured on
 the training items, as the retraining job measures it (metrics["train"], before and after)."""
 
@@ -26,7 +26,7 @@ LEVEL_LOSS_DROP = 0.4
 
 @pytest.mark.slow
 def test_the_retraining_job_teaches_a_tiny_lmm_to_rank_its_training_items(ray_cluster, tmp_path):
-    metrics = learn(str(tmp_path))["outcome"].metrics  # the demo's retraining step, as the demo runs it
+    metrics = learn(str(tmp_path))["outcome"].metrics
     before, after = metrics["train"]["before"], metrics["train"]["after"]
     history = metrics["training"]
     summary = (

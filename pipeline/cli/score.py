@@ -18,10 +18,12 @@ Exit status: 0 done, 1 failed (bad manifest, error rate over the limit, refused 
 """
 
 import argparse
+import sys
 
 from pipeline.cli import Command
 from pipeline.infra.watchdog import DEFAULT_STALL_S, StallError
 from pipeline.qalign.recipes import RECIPES
+from pipeline.samples.shipped import NOTICE, SHIPPED_SCORER
 from pipeline.scorers import KINDS
 from pipeline.scoring.job import JobConfig, JobError, run
 from schemas import SchemaError
@@ -44,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--model",
-        help="model folder, hub id, or registry entry (folder with CURRENT); not for psnr/psnr-y/ssim/ms-ssim",
+        help="model folder, hub id, or registry entry (folder with CURRENT); not for psnr/psnr-y/ssim/ms-ssim "
+        "(default for the LMM scorer: qcurate's shipped tiny-iqa, which knows four synthetic distortions only)",
     )
     p.add_argument(
         "--model-revision",
@@ -89,13 +92,17 @@ def configure(a: argparse.Namespace, p: argparse.ArgumentParser) -> JobConfig:
         p.error(
             "--batch-size, --max-frames and --fetch-concurrency must be >= 1, --fps > 0, --max-error-rate in [0, 1]"
         )
-    if a.scorer in ("lmm", "vtamiq") and not a.model:
-        p.error(f"--scorer {a.scorer} needs --model")
+    model = a.model
+    if a.scorer == "lmm" and not model:
+        model = str(SHIPPED_SCORER)
+        print(f"{p.prog}: {NOTICE}", file=sys.stderr)
+    if a.scorer == "vtamiq" and not model:
+        p.error("--scorer vtamiq needs --model")
     return JobConfig(
         scorer=a.scorer,
         manifest=a.manifest,
         output=a.output,
-        model=a.model,
+        model=model,
         task=a.task,
         batch_size=a.batch_size,
         num_scorers=a.num_scorers,

@@ -45,15 +45,32 @@ _VIDEO_SPECS = (
 
 
 def load_photo(name: str) -> np.ndarray:
-    """A scikit-image photograph as HxWx3 uint8 RGB (grey ones with three equal channels)."""
+    """A bundled photograph as HxWx3 uint8 RGB (grey ones with three equal channels): a scikit-image `data` name,
+    or one of OTHER_PHOTOS."""
     from skimage import data
 
-    image = np.asarray(getattr(data, name)())
+    image = np.asarray(OTHER_PHOTOS[name]() if name in OTHER_PHOTOS else getattr(data, name)())
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"skimage.data.{name} is not a uint8 photograph ({image.shape}, {image.dtype})")
+        raise ValueError(f"photograph {name!r} is not a uint8 photograph ({image.shape}, {image.dtype})")
     return image
+
+
+def _motorcycle() -> np.ndarray:
+    from skimage import data
+
+    return data.stereo_motorcycle()[0]  # the left view of scikit-image's stereo pair
+
+
+def _grace_hopper() -> np.ndarray:
+    from matplotlib import cbook
+
+    return np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
+
+
+# Photographs that installed packages bundle outside scikit-image's `data` functions (no download either).
+OTHER_PHOTOS = {"motorcycle": _motorcycle, "grace_hopper": _grace_hopper}
 
 
 def resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:

@@ -49,6 +49,16 @@ def _crop_boxes(image: np.ndarray, crop: int, count: int) -> list[tuple[int, int
     return [(int(t), int(left)) for t in tops for left in lefts][:count]
 
 
+def versions(photo: np.ndarray, seeds: tuple[int, ...], kinds: tuple[str, ...]) -> list[tuple[str, int, np.ndarray]]:
+    """(kind, level, pixels): the pristine photo once, then each kind at every level above 0 (noise seeded by
+    `seeds`, the kind and the level)."""
+    out = [("none", 0, photo)]
+    for kind in kinds:
+        k = DISTORTIONS.index(kind)
+        out += [(kind, lv, distort(photo, kind, lv, seed=_seed(*seeds, k, lv))) for lv in LEVELS if lv]
+    return out
+
+
 def build_learning_set(
     root: str,
     crop: int = 32,
@@ -85,42 +95,19 @@ def build_learning_set(
     def add(item_id: str, pixels: np.ndarray, level: int, split: str, source: str, kind: str, ref: dict) -> None:
         path = os.path.join(root, f"{item_id}.png")
         Image.fromarray(pixels).save(path)
-        rows.append(
-            {
-                **ref,
-                "id": item_id,
-                "uri": path,
-                "media_type": "image",
-                "task": "quality",
-                "mos": synthetic_mos(level),
-                "scale_min": 1.0,
-                "scale_max": 5.0,
-                "split": split,
-                "source": source,
-                "distortion": kind,
-                "level": level,
-            }
-        )
-
-    def versions(photo: np.ndarray, p: int, kinds: tuple[str, ...]) -> list[tuple[str, int, np.ndarray]]:
-        """(kind, level, pixels): the pristine photo once, then each kind at every level above 0."""
-        out = [("none", 0, photo)]
-        for kind in kinds:
-            k = DISTORTIONS.index(kind)
-            out += [(kind, lv, distort(photo, kind, lv, seed=_seed(seed, p, k, lv))) for lv in LEVELS if lv]
-        return out
+        rows.append({**ref, **label_row(item_id, path, level, split, source, kind)})
 
     for p, name in enumerate(train_photos):
         for side in train_sides:
             photo = resize_long_side(load_photo(name), side)
             ref = reference(f"ref-train-{name}-{side}", photo)
-            for kind, level, pixels in versions(photo, p * 100 + side, train_kinds):
+            for kind, level, pixels in versions(photo, (seed, p * 100 + side), train_kinds):
                 add(f"train-{name}-{side}-{kind}-{level}", pixels, level, "train", name, kind, ref)
 
     for p, name in enumerate(eval_photos):
         photo = resize_long_side(load_photo(name), eval_side)
         boxes = _crop_boxes(photo, crop, eval_crops)
-        for kind, level, pixels in versions(photo, 10_000 + p, DISTORTIONS):
+        for kind, level, pixels in versions(photo, (seed, 10_000 + p), DISTORTIONS):
             for c, (top, left) in enumerate(boxes):
                 window = np.ascontiguousarray(pixels[top : top + crop, left : left + crop])
                 ref = reference(
@@ -128,6 +115,23 @@ def build_learning_set(
                 )
                 add(f"eval-{name}-{c}-{kind}-{level}", window, level, "eval", name, kind, ref)
     return rows
+
+
+def label_row(item_id: str, uri: str, level: int, split: str, source: str, kind: str) -> dict:
+    """A labels/v2 row of a synthetic image: quality on 1..5, the MOS from the level; source, kind and level kept."""
+    return {
+        "id": item_id,
+        "uri": uri,
+        "media_type": "image",
+        "task": "quality",
+        "mos": synthetic_mos(level),
+        "scale_min": 1.0,
+        "scale_max": 5.0,
+        "split": split,
+        "source": source,
+        "distortion": kind,
+        "level": level,
+    }
 
 
 def write_label_shard(rows: list[dict], url: str) -> str:

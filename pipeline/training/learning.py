@@ -1,6 +1,6 @@
 """The smallest learning run: a from-scratch tiny model taught a synthetic MOS in a minute or two on 2 CPU cores.
 
-It is the demo's retraining step and CI's guard that training learns (tests/test_learning.py): one run that both show.
+It is CI's guard that training learns (tests/test_learning.py).
 The set: two photographs at 32 px, the tiny models' input size (no resize hides a distortion), pristine and every
 distortion kind at levels 1..4 (MOS = 5 - level); a third photograph held out whole. The full-size learning check is
 jobs/benchmark_training.py.

@@ -168,6 +168,7 @@ class RetrainConfig:
     all_labels: bool = False  # train on the training rows of every shard, not only the new shards'
     fit_items: int = 1000  # at most this many training items are scored to measure the fit
     stall_timeout_s: float = DEFAULT_STALL_S  # work the cluster cannot place for this long fails the run
+    about: dict = field(default_factory=dict)  # free-form facts for version.json (what the labels are, the command)
 
     def __post_init__(self) -> None:
         if self.recipe.batch_size < self.scaling.num_workers:
@@ -413,6 +414,7 @@ def retrain(config: RetrainConfig) -> Outcome:
         },
         "promotion": promotion,
         "code_version": code_version(),
+        **({"about": config.about} if config.about else {}),
     }
     registry.finish_version(plan.entry, version, metrics, record)
     if promotion["promoted"]:
