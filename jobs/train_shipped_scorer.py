@@ -1,6 +1,6 @@
 """Make the scorer that ships with qcurate (pipeline/samples/registry/tiny-iqa) with the project's own retraining job.
 
-    python jobs/train_shipped_scorer.py      # seed 0 remakes the shipped entry; about 50 minutes on 2 CPU cores
+    python jobs/train_shipped_scorer.py      # seed 0 remakes the shipped entry; about 40 minutes on 2 CPU cores
 
 1. Builds its labelled set from what installs with qcurate's dependencies (pipeline.samples.shipped.build_scorer_set):
    procedural dead-leaves pictures and windows of 13 bundled photographs (three colour, ten grey, none of them in
