@@ -1,6 +1,6 @@
 """Make the scorer that ships with qcurate (pipeline/samples/registry/tiny-iqa) with the project's own retraining job.
 
-    python jobs/train_shipped_scorer.py      # seed 0 remakes the shipped entry; about 40 minutes on 2 CPU cores
+    python jobs/train_shipped_scorer.py      # seed 0 remakes the shipped entry; about 46 minutes on 2 CPU cores
 
 1. Builds its labelled set from what installs with qcurate's dependencies (pipeline.samples.shipped.build_scorer_set):
    procedural dead-leaves pictures and windows of 13 bundled photographs (three colour, ten grey, none of them in
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(SHIPPED_SCORER), help="the entry's folder (replaced)")
     p.add_argument("--seed", type=int, default=0, help="the set's windows, the model's initialisation, the draws")
-    p.add_argument("--epochs", type=int, default=45, help="passes over the training set")
+    p.add_argument("--epochs", type=int, default=60, help="passes over the training set")
     p.add_argument("--workdir", help="where the set, the base model and the run go (default: a temporary folder)")
     args = p.parse_args(argv)
     command = f"python jobs/train_shipped_scorer.py --seed {args.seed} --epochs {args.epochs}"
